@@ -1,0 +1,9 @@
+"""Reward verifiers: the contract (base), the registry, rubrics, the scoring pool and `temper rewards`.
+
+Kept import-light on purpose: importing `rewards` loads only the contract, so the CLI and config
+validation start instantly; the math verifier (sympy) loads when a rubric first names it.
+"""
+
+from rewards.base import NoParams, Verifier, VerifyRequest, VerifyResult
+
+__all__ = ["NoParams", "Verifier", "VerifyRequest", "VerifyResult"]

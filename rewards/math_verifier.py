@@ -1,0 +1,323 @@
+"""The math verifier: Math-Verify for parsing and matching, plus the checks it gets wrong.
+
+Math-Verify (HF) parses LaTeX answers into sympy and compares them many ways; we keep all of that and
+fix what a careful grader would not accept (each fix has a test in tests/rewards/test_math_table.py):
+
+- Gold labels from MATH/GSM8K-style datasets are raw LaTeX or plain text with no `$`: Math-Verify then
+  only sees "some number in the text" (`1 - \\frac{1}{e}` parses as 1). We parse the label as the body
+  of a `\\boxed{}`, which goes through its LaTeX parser whole.
+- Its numeric comparison evaluates `gold - pred` to 15 digits and chops small results to zero, so exact
+  values that differ by a tiny amount match (1/2^99 vs 1/2^98, 1/2004! vs 1/2006!). We re-check every
+  match: exactly when both sides are exact, with a relative tolerance only when one side is a decimal.
+- An equation prediction against a plain gold value is reduced to its right-hand side, so any `... = 0`
+  matches a gold 0; two equations with no real solutions match because both solution lists are empty.
+  We accept an equation prediction for a value only as an assignment (`x = 5`), and two equations only
+  when one is a nonzero constant multiple of the other.
+- Several boxes are merged into one set, so a model that boxes a wrong answer and then re-boxes the
+  right one (or the reverse) is scored on both. We take the last run of adjacent boxes (rewards/format.py).
+- Math-Verify times out with SIGALRM, which fails off the main thread and cannot interrupt C code. We
+  disable it: the scoring pool (rewards/pool.py) kills the process instead. Numbers too big to evaluate
+  (towers of powers, huge factorials) are detected before any evaluation and compared structurally.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rewards.base import Verifier, VerifyRequest, VerifyResult
+from rewards.format import final_boxed
+
+# sympy and Math-Verify take ~3 s to import: they load in MathVerifier.__init__ (once per scoring
+# process), so that `temper rewards list` and config validation, which only need MathParams, stay fast.
+sympy: Any = None
+mv: Any = None
+
+
+def _load_libraries() -> None:
+    global sympy, mv
+    if mv is None:
+        import math_verify
+        import math_verify.grader
+        import sympy as _sympy
+
+        # Math-Verify warns once that its signal timeout is off; that is deliberate (see the docstring).
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
+        sympy, mv = _sympy, math_verify
+
+
+class MathParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    require_boxed: bool = False
+    """Only a `\\boxed{...}` answer counts; a response without one scores 0."""
+    allow_plain_number: bool = True
+    """With no box (and require_boxed off), fall back to the last number in the response."""
+    rel_tol: float = Field(1e-6, gt=0, lt=1)
+    """Relative tolerance when one side is a decimal (0.333333 vs 1/3); exact values compare exactly."""
+    max_digits: int = Field(20_000, ge=10)
+    """Numbers whose exact value would need more digits are compared by their written form only."""
+    max_answer_chars: int = Field(1_000, ge=1)
+    """Longer extracted answers are not parsed (scored 0): a guard against pathological parses."""
+
+
+_UNICODE = {
+    "\u2212": "-", "\u2013": "-", "\u00d7": r"\times ", "\u00f7": r"\div ", "\u2264": r"\le ",
+    "\u2265": r"\ge ", "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u221a": r"\sqrt ", "\u00b0": r"^\circ ",
+    "\u00b7": r"\cdot ", "\u00b1": r"\pm ", "\u2260": r"\ne ",
+}
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:(?:,|\{,\}|\\,|\\!)\d{3})+(?:\.\d+)?")
+_DELIMITED = re.compile(r"^\s*(?:\$\$?(.*?)\$\$?|\\\((.*?)\\\)|\\\[(.*?)\\\])\s*$", re.DOTALL)
+
+
+def normalize_answer(text: str) -> str:
+    """Unicode math to LaTeX, and `1,000`-style thousands separators dropped when that is all there is."""
+    for src, dst in _UNICODE.items():
+        text = text.replace(src, dst)
+    text = text.strip().rstrip(".").strip()
+    if _THOUSANDS.fullmatch(text):
+        text = re.sub(r",|\{,\}|\\,|\\!", "", text)
+    return text
+
+
+def _too_nested(text: str, limit: int = 8) -> bool:
+    """Deeply nested brackets make the LaTeX parser backtrack exponentially (21 levels of `(`: 3 s)."""
+    depth = deepest = 0
+    for c in text:
+        if c in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")]":
+            depth = max(0, depth - 1)
+    return deepest > limit or "{{{{" in text.replace(" ", "")
+
+
+def _parse_body(body: str) -> Any:
+    """Parse the body of one answer; a sympy object, else the string Math-Verify fell back to, else None."""
+    if _too_nested(body):
+        return None
+    found = mv.parse(f"$\\boxed{{{body}}}$", [mv.LatexExtractionConfig()], parsing_timeout=None)
+    for item in found:
+        if not isinstance(item, str):
+            return item
+    return found[0] if found else None
+
+
+def _label_body(label: Any) -> str:
+    """The label as the body of a box; raises ValueError when it cannot be one."""
+    if isinstance(label, bool) or label is None or isinstance(label, dict):
+        raise ValueError(f"label must be a number or a string, got {type(label).__name__}")
+    if isinstance(label, int | float):
+        if isinstance(label, float) and not math.isfinite(label):
+            raise ValueError(f"label is {label}")
+        return repr(label)
+    if isinstance(label, list):
+        return ", ".join(_label_body(item) for item in label)
+    text = str(label).strip()
+    if parts := final_boxed(text):
+        return ", ".join(normalize_answer(p) for p in parts)
+    if m := _DELIMITED.match(text):
+        text = next(g for g in m.groups() if g is not None)
+    if not text:
+        raise ValueError("label is empty")
+    return normalize_answer(text)
+
+
+def _digits(expr: Any) -> float:
+    """An upper bound on the decimal digits that evaluating `expr` exactly would produce."""
+    if isinstance(expr, sympy.MatrixBase):
+        return sum(_digits(e) for e in expr)
+    if not isinstance(expr, sympy.Basic):
+        return 0.0
+    if isinstance(expr, sympy.Integer):
+        return int(expr).bit_length() * 0.30103 + 1
+    if isinstance(expr, sympy.Rational):
+        return _digits(sympy.Integer(expr.p)) + _digits(sympy.Integer(expr.q))
+    if isinstance(expr, sympy.Pow):
+        base, exp = expr.args
+        if exp.is_number and not exp.free_symbols:
+            if _digits(exp) > 9:
+                return math.inf
+            try:
+                e = abs(float(exp))
+            except (TypeError, ValueError):
+                return math.inf
+            return max(1.0, _digits(base)) * max(1.0, e)
+    if isinstance(expr, sympy.factorial | sympy.factorial2 | sympy.gamma | sympy.subfactorial):
+        (n,) = expr.args[:1]
+        if n.is_number and not n.free_symbols:
+            if _digits(n) > 8:
+                return math.inf
+            nv = abs(float(n))
+            return nv * math.log10(max(nv, 2.0)) + 1
+    return sum(_digits(a) for a in expr.args)
+
+
+def _has_float(expr: Any) -> bool:
+    if isinstance(expr, sympy.MatrixBase):
+        return any(_has_float(e) for e in expr)
+    return isinstance(expr, sympy.Basic) and bool(expr.atoms(sympy.Float))
+
+
+def _norm_str(text: str) -> str:
+    text = re.sub(r"\\text\{([^}]*)\}|\\mathrm\{([^}]*)\}", lambda m: m.group(1) or m.group(2) or "", text)
+    return re.sub(r"[\s$]", "", text).lower()
+
+
+class MathVerifier(Verifier):
+    """Score 1 when the response's final answer equals the label mathematically, else 0."""
+
+    Params = MathParams
+
+    def __init__(self, params: MathParams | None = None) -> None:
+        super().__init__(params)
+        _load_libraries()
+
+    def verify(self, request: VerifyRequest) -> VerifyResult:
+        start = time.perf_counter()
+        result = self._verify(request)
+        return VerifyResult(result.score, result.breakdown, result.error, time.perf_counter() - start)
+
+    def _verify(self, request: VerifyRequest) -> VerifyResult:
+        p = self.params
+        try:
+            gold_text = _label_body(request.label)
+            gold = _parse_body(gold_text) if len(gold_text) <= p.max_answer_chars else None
+        except Exception as e:  # noqa: BLE001 -- a bad label is the dataset's fault: report it, never raise
+            return VerifyResult(0.0, {"verdict": "bad_label"}, f"unparsable label: {e}")
+        if gold is None or isinstance(gold, str):  # only a sympy value can be compared soundly
+            return VerifyResult(0.0, {"verdict": "bad_label"}, f"unparsable label: {gold_text[:200]!r}")
+
+        response = request.response if isinstance(request.response, str) else ""
+        answer, source = self._extract(response)
+        breakdown: dict[str, Any] = {"answer": None if answer is None else answer[:200], "source": source}
+        if answer is None:
+            return VerifyResult(0.0, {**breakdown, "verdict": "no_answer"})
+        try:
+            pred = _parse_body(answer) if len(answer) <= p.max_answer_chars else None
+            if pred is None:
+                return VerifyResult(0.0, {**breakdown, "verdict": "unparsable_answer"})
+            ok = self.equal(gold, pred)
+        except Exception as e:  # noqa: BLE001 -- malformed LaTeX is a wrong answer, not a training-loop failure
+            return VerifyResult(0.0, {**breakdown, "verdict": "unparsable_answer", "detail": repr(e)[:200]})
+        return VerifyResult(float(ok), {**breakdown, "verdict": "correct" if ok else "wrong"})
+
+    def _extract(self, response: str) -> tuple[str | None, str]:
+        """(answer text, how it was found): the last run of boxes, else Math-Verify's extraction."""
+        if parts := final_boxed(response):
+            return ", ".join(normalize_answer(part) for part in parts), "boxed"
+        if self.params.require_boxed or not response.strip():
+            return None, "none"
+        configs: list[Any] = [mv.LatexExtractionConfig()]
+        if self.params.allow_plain_number:
+            configs.append(mv.ExprExtractionConfig())
+        tail = response[-4 * self.params.max_answer_chars:]
+        found = mv.parse(tail, configs, parsing_timeout=None, fallback_mode="no_fallback")
+        if not found:
+            return None, "none"
+        item = found[0]
+        text = sympy.latex(item) if isinstance(item, sympy.Basic | sympy.MatrixBase) else str(item)
+        return normalize_answer(text), "text"
+
+    # ---- equality --------------------------------------------------------------------------------
+
+    def equal(self, gold: Any, pred: Any) -> bool:
+        """Math-Verify's verdict, vetoed where it is too lenient."""
+        if isinstance(gold, str) or isinstance(pred, str):
+            return isinstance(gold, str) and isinstance(pred, str) and _norm_str(gold) == _norm_str(pred)
+        limit = self.params.max_digits
+        if _digits(gold) > limit or _digits(pred) > limit:
+            return gold == pred  # too big to evaluate: only the same written value counts
+        if not mv.verify(gold, pred, allow_set_relation_comp=True, timeout_seconds=None):
+            return False
+        return self._confirm(gold, pred)
+
+    def _element_equal(self, gold: Any, pred: Any) -> bool:
+        return bool(mv.verify(gold, pred, allow_set_relation_comp=True, timeout_seconds=None)) and self._confirm(gold, pred)
+
+    def _confirm(self, gold: Any, pred: Any) -> bool:
+        """Re-check a Math-Verify match; True where we have no stricter opinion."""
+        if mv.grader.is_relation(gold) or mv.grader.is_relation(pred):
+            return self._confirm_relations(gold, pred)
+        if isinstance(gold, sympy.MatrixBase) and isinstance(pred, sympy.MatrixBase):
+            if gold.shape != pred.shape:
+                return False
+            return all(self._scalar_ok(g, p) for g, p in zip(gold, pred, strict=True))
+        if isinstance(gold, sympy.Interval) and isinstance(pred, sympy.Interval):
+            return (
+                gold.left_open == pred.left_open
+                and gold.right_open == pred.right_open
+                and self._scalar_ok(gold.start, pred.start)
+                and self._scalar_ok(gold.end, pred.end)
+            )
+        if isinstance(gold, sympy.FiniteSet | sympy.Tuple) and isinstance(pred, sympy.FiniteSet | sympy.Tuple):
+            g_items, p_items = list(gold.args), list(pred.args)
+            if len(g_items) != len(p_items):
+                return True
+            if isinstance(gold, sympy.Tuple) and isinstance(pred, sympy.Tuple):
+                return all(self._element_equal(g, p) for g, p in zip(g_items, p_items, strict=True))
+            unused = list(p_items)
+            for g in g_items:  # a matching between the two sets, element by element
+                hit = next((i for i, p in enumerate(unused) if self._element_equal(g, p)), None)
+                if hit is None:
+                    return False
+                unused.pop(hit)
+            return True
+        if isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr):
+            return self._scalar_ok(gold, pred)
+        return True
+
+    def _confirm_relations(self, gold: Any, pred: Any) -> bool:
+        if not mv.grader.is_relation(pred):
+            return True  # gold relation vs pred set/value: Math-Verify's set logic is exact enough
+        if isinstance(gold, sympy.Set):
+            return True  # `x > 2` for (2, oo): Math-Verify compared the relation's solution set
+        if not mv.grader.is_relation(gold):
+            return bool(mv.grader.is_assignment_relation(pred))  # `x = 5` answers 5; `x^2 - 25 = 0` does not
+        g_rels = list(gold.args) if isinstance(gold, sympy.And) else [gold]
+        p_rels = list(pred.args) if isinstance(pred, sympy.And) else [pred]
+        if len(g_rels) != len(p_rels):
+            return True
+        for g, p in zip(g_rels, p_rels, strict=True):
+            if isinstance(g, sympy.Eq) and isinstance(p, sympy.Eq) and not self._proportional(g, p):
+                return False
+        return True
+
+    @staticmethod
+    def _proportional(g: Any, p: Any) -> bool:
+        """Same equation: lhs-rhs of one is a nonzero constant multiple of the other's."""
+        dg, dp = g.lhs - g.rhs, p.lhs - p.rhs
+        if dp == 0 or dg == 0:
+            return dg == dp
+        ratio = sympy.simplify(dg / dp)
+        return bool(ratio.is_number and not ratio.free_symbols and ratio.is_finite and ratio != 0)
+
+    def _scalar_ok(self, gold: Any, pred: Any) -> bool:
+        if isinstance(gold, sympy.Symbol) or isinstance(pred, sympy.Symbol):
+            return True  # text answers (`\text{Monday}`): Math-Verify's symbol rules decide
+        if not isinstance(gold, sympy.Expr) or not isinstance(pred, sympy.Expr):
+            return True
+        for side in (gold, pred):  # `50\%` answers 50 and 0.5 alike, as Math-Verify intends
+            if (bare := mv.grader.get_pct_val(side)) is not None:
+                other = pred if side is gold else gold
+                return self._scalar_ok(bare, other) or self._scalar_ok(side.doit(), other)
+        gold, pred = gold.doit(), pred.doit()
+        if gold.free_symbols or pred.free_symbols:
+            diff = sympy.simplify(gold - pred)
+            return bool(diff == 0 or diff.is_zero)
+        if _has_float(gold) or _has_float(pred):
+            g, p = complex(sympy.N(gold, 30)), complex(sympy.N(pred, 30))
+            scale = max(abs(g), abs(p))
+            return abs(g - p) <= self.params.rel_tol * scale if scale else g == p
+        if gold.is_Rational and pred.is_Rational:
+            return gold == pred
+        if sympy.simplify(gold - pred) == 0:
+            return True
+        g, p = sympy.N(gold, 60), sympy.N(pred, 60)
+        scale = max(abs(g), abs(p))
+        return bool(abs(g - p) <= sympy.Float(10) ** -45 * scale) if scale else bool(g == p)

@@ -1,0 +1,154 @@
+"""Finding verifiers by name: built-ins, `temper.verifiers` entry points, or `module:attr` strings.
+
+Built-ins are import strings, not classes, so listing them (`temper rewards list`) imports nothing heavy
+and a built-in whose module is missing or broken shows up as unavailable instead of crashing the list.
+Resolution is cached per process, so calling it again in every Ray worker is cheap and idempotent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import BaseModel
+
+from rewards.base import NoParams, Verifier, VerifyRequest, VerifyResult
+
+BUILTIN_VERIFIERS: dict[str, str] = {
+    "math": "rewards.math_verifier:MathVerifier",
+    "format": "rewards.format:FormatVerifier",
+    "code": "rewards.code:CodeVerifier",
+}
+ENTRY_POINT_GROUP = "temper.verifiers"
+
+_resolved: dict[str, type[Verifier] | Callable[..., Any]] = {}
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_names() -> list[str]:
+    return sorted(set(BUILTIN_VERIFIERS) | set(_entry_points()))
+
+
+def _import_target(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"verifier {target!r}: expected 'module:attr'")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check(name: str, obj: Any) -> type[Verifier] | Callable[..., Any]:
+    if inspect.isclass(obj):
+        if not issubclass(obj, Verifier):
+            raise ValueError(f"verifier {name!r}: class {obj.__name__} is not a rewards.base.Verifier")
+        return obj
+    if callable(obj):
+        return obj
+    raise ValueError(f"verifier {name!r}: {obj!r} is neither a Verifier class nor a function")
+
+
+def resolve_verifier(name: str) -> type[Verifier] | Callable[..., Any]:
+    """A Verifier subclass or a plain function `f(request) -> float | VerifyResult`, by name."""
+    if name in _resolved:
+        return _resolved[name]
+    if name in BUILTIN_VERIFIERS:
+        obj = _import_target(BUILTIN_VERIFIERS[name])
+    elif ":" in name:
+        try:
+            obj = _import_target(name)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"verifier {name!r}: cannot import it ({type(e).__name__}: {e})") from None
+    else:
+        eps = _entry_points()
+        if name not in eps:
+            raise ValueError(
+                f"unknown verifier {name!r}; known: {', '.join(known_names())} "
+                "(or name one as 'module:attr')"
+            )
+        obj = eps[name].load()
+    _resolved[name] = _check(name, obj)
+    return _resolved[name]
+
+
+class FunctionVerifier(Verifier):
+    """Wraps a plain-function plugin so it looks like any other verifier."""
+
+    def __init__(self, fn: Callable[[VerifyRequest], float | VerifyResult]) -> None:
+        super().__init__(NoParams())
+        self.fn = fn
+
+    def verify(self, request: VerifyRequest) -> VerifyResult:
+        start = time.perf_counter()
+        out = self.fn(request)
+        seconds = time.perf_counter() - start
+        if isinstance(out, VerifyResult):
+            return out if out.seconds else VerifyResult(out.score, out.breakdown, out.error, seconds)
+        if isinstance(out, bool | int | float):
+            return VerifyResult(float(out), seconds=seconds)
+        raise TypeError(f"verifier function returned {type(out).__name__}, expected float or VerifyResult")
+
+
+def params_model(obj: type[Verifier] | Callable[..., Any]) -> type[BaseModel]:
+    return obj.Params if inspect.isclass(obj) else NoParams
+
+
+def build_verifier(name: str, params: dict[str, Any] | None = None) -> Verifier:
+    """Resolve `name`, validate `params` with its Params model (pydantic.ValidationError), build it."""
+    obj = resolve_verifier(name)
+    validated = params_model(obj).model_validate(params or {})
+    if inspect.isclass(obj):
+        return obj(validated)
+    return FunctionVerifier(obj)
+
+
+@dataclass
+class VerifierInfo:
+    """One line of `temper rewards list`."""
+
+    name: str
+    source: str  # "builtin", "entry point (DIST)", or "import string"
+    target: str  # module:attr
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> type, default, description
+    doc: str = ""
+    error: str | None = None  # why it is unavailable
+
+
+def _describe_params(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for pname, f in model.model_fields.items():
+        annotation = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        default = None if f.is_required() else f.get_default(call_default_factory=True)
+        out[pname] = {"type": annotation, "default": default, "description": f.description or ""}
+    return out
+
+
+def _info(name: str, source: str, target: str) -> VerifierInfo:
+    info = VerifierInfo(name, source, target)
+    try:
+        obj = resolve_verifier(name)
+    except Exception as e:  # noqa: BLE001 -- an unimportable plugin is listed as unavailable, with the reason
+        info.error = f"{type(e).__name__}: {e}"
+        return info
+    info.params = _describe_params(params_model(obj))
+    info.doc = (inspect.getdoc(obj) or "").split("\n")[0]
+    return info
+
+
+def list_verifiers() -> list[VerifierInfo]:
+    """Every built-in and entry-point verifier, with its parameters (or why it cannot be imported)."""
+    infos = [_info(name, "builtin", target) for name, target in BUILTIN_VERIFIERS.items()]
+    for name, ep in sorted(_entry_points().items()):
+        if name not in BUILTIN_VERIFIERS:
+            dist = ep.dist.name if ep.dist is not None else "?"
+            infos.append(_info(name, f"entry point ({dist})", ep.value))
+    return infos

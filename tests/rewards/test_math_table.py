@@ -1,0 +1,190 @@
+"""The math verifier against a hand-decided table: what a careful grader says, not what a library says.
+
+Columns: gold label (as datasets write it: raw LaTeX or plain text, no `$`), model response, verdict.
+Cases marked MV are ones where plain Math-Verify (parse + verify with default settings) disagrees with
+the grader; test_math_verify_gets_these_wrong keeps that claim honest.
+"""
+
+import time
+
+import pytest
+
+from rewards.base import VerifyRequest
+from rewards.math_verifier import MathParams, MathVerifier
+
+R, W = 1.0, 0.0  # right, wrong
+
+TABLE = [
+    # fractions vs decimals
+    (r"\frac{1}{2}", r"\boxed{0.5}", R),
+    (r"\frac{1}{2}", r"\boxed{\dfrac{2}{4}}", R),
+    (r"\frac{1}{3}", r"\boxed{0.333333}", R),
+    (r"\frac{1}{3}", r"\boxed{0.33}", W),
+    ("0.75", r"\boxed{\frac{3}{4}}", R),
+    ("0.75", r"\boxed{3/4}", R),
+    ("2.5", r"\boxed{2.50}", R),
+    (r"\frac{1}{2^{99}}", r"\boxed{0.0}", W),
+    # exact values that differ by a tiny relative amount
+    (r"\frac{1}{2^{99}}", r"\boxed{\frac{1}{2^{98}}}", W),  # MV
+    (r"\frac{1}{2^{99}}", r"\boxed{2^{-99}}", R),
+    (r"\frac{1}{2004!}", r"\boxed{\frac{1}{2006!}}", W),  # MV
+    (r"\frac{1}{2004!}", r"\boxed{\frac{1}{2004!}}", R),
+    (r"10^{-20}", r"\boxed{10^{-21}}", W),  # MV
+    # thousands separators
+    ("1,000", r"\boxed{1000}", R),
+    ("1000", r"\boxed{1,000}", R),
+    ("1234567", r"\boxed{1{,}234{,}567}", R),
+    ("1000", "So the total is 1,000 dollars.", R),
+    ("1,000", r"\boxed{100}", W),
+    # percentages
+    (r"50\%", r"\boxed{50\%}", R),
+    (r"50\%", r"\boxed{50}", R),
+    (r"50\%", r"\boxed{0.5}", R),
+    (r"50\%", r"\boxed{5\%}", W),
+    # intervals and inequalities
+    ("[1, 2)", r"\boxed{[1,2)}", R),
+    ("[1, 2)", r"\boxed{[1,2]}", W),
+    (r"(2, \infty)", r"\boxed{x > 2}", R),
+    (r"x > 2", r"\boxed{(2,\infty)}", R),
+    (r"x \ge 2", r"\boxed{x > 2}", W),
+    (r"(-\infty, 0) \cup (1, \infty)", r"\boxed{(-\infty,0)\cup(1,\infty)}", R),
+    # sets vs tuples
+    (r"\{1, 2, 3\}", r"\boxed{\{3, 2, 1\}}", R),
+    ("1, 2", r"\boxed{2, 1}", R),
+    (r"\{1, 2\}", r"\boxed{\{1, 2, 3\}}", W),
+    ("(3, 4)", r"\boxed{(3,4)}", R),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"\boxed{(3, \frac{\pi}{2})}", R),
+    ("(3, 4)", r"\boxed{(4,3)}", W),
+    # matrices
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{pmatrix}1&2\\3&4\end{pmatrix}}", R),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{pmatrix}1&3\\2&4\end{pmatrix}}", W),
+    (r"\begin{pmatrix} \frac{1}{2} \\ 0 \end{pmatrix}", r"\boxed{\begin{pmatrix}0.5\\0\end{pmatrix}}", R),
+    # equations
+    ("y = 2x + 1", r"\boxed{y=2x+1}", R),
+    ("y = 2x + 1", r"\boxed{2x - y + 1 = 0}", R),
+    ("y = 2x + 1", r"\boxed{y = 2x - 1}", W),
+    ("0", r"\boxed{x^2 - 4 = 0}", W),  # MV
+    ("x^2 + 1 = 0", r"\boxed{x^2 + 4 = 0}", W),  # MV
+    ("5", r"\boxed{x = 5}", R),
+    ("x = 5", r"\boxed{5}", R),
+    # sign errors and symbolic answers
+    (r"1 - \frac{1}{e}", r"\boxed{1 + \frac{1}{e}}", W),
+    (r"1 - \frac{1}{e}", r"\boxed{\frac{e-1}{e}}", R),
+    (r"1 - \frac{1}{e}", r"\boxed{1}", W),  # MV (the raw label parses as 1)
+    (r"1 − \frac{1}{e}", r"\boxed{1-e^{-1}}", R),  # unicode minus in the label
+    (r"\frac{\sqrt{3}}{2}", r"\boxed{\frac{\sqrt3}{2}}", R),  # MV (raw label unparsed)
+    (r"\frac{\sqrt{2}}{2}", r"\boxed{\frac{1}{\sqrt{2}}}", R),
+    (r"\pi - 1", r"\boxed{1 - \pi}", W),
+    ("(x+1)^2", r"\boxed{x^2+2x+1}", R),
+    # units and degrees
+    (r"30^\circ", r"\boxed{30}", R),
+    (r"30^\circ", r"\boxed{30^{\circ}}", R),
+    (r"5 \text{ cm}", r"\boxed{5}", R),
+    (r"5 \text{ cm}", r"\boxed{5\,\text{cm}}", R),
+    (r"\$18", r"\boxed{18}", R),
+    # plus-minus
+    (r"\pm 2", r"\boxed{\pm 2}", R),
+    (r"\pm 2", r"\boxed{2, -2}", R),
+    (r"\pm 2", r"\boxed{2}", W),
+    (r"1 \pm \sqrt{2}", r"\boxed{1+\sqrt{2}, 1-\sqrt{2}}", R),
+    # several boxes: the last run of adjacent boxes is the answer
+    ("5", r"First \boxed{3}. Rechecking, it is \boxed{5}.", R),  # MV
+    ("5", r"It is \boxed{5}. Wait, no: \boxed{3}.", W),
+    ("1, 2", r"$x = \boxed{1}, y = \boxed{2}$", R),
+    ("(1, 2)", r"\boxed{1}, \boxed{2}", R),
+    # empty, garbage, multiple choice, text
+    ("5", "", W),
+    ("5", r"\boxed{}", W),
+    ("5", r"}{ \boxed{ \frac{ ", W),
+    ("5", "I don't know.", W),
+    ("B", r"\boxed{B}", R),
+    ("B", r"\boxed{C}", W),
+    (r"\text{Monday}", r"\boxed{\text{Monday}}", R),
+    # huge numbers: exact when small enough, by written form when not, and fast either way
+    ("2^{100}", r"\boxed{1267650600228229401496703205376}", R),
+    ("2^{100}", r"\boxed{1267650600228229401496703205377}", W),
+    ("100!", r"\boxed{100!}", R),
+    ("5", r"\boxed{10^{10^{10^{10}}}}", W),
+    (r"10^{10^{10^{10}}}", r"\boxed{10^{10^{10^{10}}}}", R),
+    ("5", r"\boxed{1000000000!}", W),
+    # GSM8K-style integer labels (given as JSON numbers)
+    (85, r"\boxed{85}", R),
+    (85, r"\boxed{58}", W),
+    (-3, "The answer is -3", R),
+    (0.5, r"\boxed{\frac12}", R),
+]
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    return MathVerifier()
+
+
+@pytest.mark.parametrize(("gold", "response", "expected"), TABLE)
+def test_table(verifier, gold, response, expected):
+    start = time.perf_counter()
+    result = verifier.verify(VerifyRequest(response=response, label=gold))
+    assert result.score == expected, result.breakdown
+    assert result.error is None
+    assert time.perf_counter() - start < 3.0
+
+
+def test_table_is_big_enough():
+    assert len(TABLE) >= 60
+
+
+def test_math_verify_gets_these_wrong():
+    """The fixes above are real: plain Math-Verify accepts these wrong answers or rejects right ones."""
+    from math_verify import parse, verify
+
+    def plain(gold, response):
+        return verify(parse(str(gold)), parse(response))
+
+    assert plain(r"$\frac{1}{2^{99}}$", r"$\boxed{\frac{1}{2^{98}}}$")  # tiny difference chopped to 0
+    assert plain(r"$\frac{1}{2004!}$", r"$\boxed{\frac{1}{2006!}}$")
+    assert plain("$0$", r"$\boxed{x^2-4=0}$")  # equation reduced to its right-hand side
+    assert plain("$x^2+1=0$", r"$\boxed{x^2+4=0}$")  # both have no real solutions
+    assert plain(r"1 - \frac{1}{e}", r"$\boxed{1}$")  # raw label parsed as its first number
+    assert not plain(r"\frac{\sqrt{3}}{2}", r"$\boxed{\frac{\sqrt3}{2}}$")  # raw label not parsed
+    assert not plain("5", r"First \boxed{3}. Rechecking, it is \boxed{5}.")  # boxes merged into {3, 5}
+
+
+def test_require_boxed():
+    strict = MathVerifier(MathParams(require_boxed=True))
+    assert strict.verify(VerifyRequest(response="The answer is 85", label=85)).score == 0.0
+    assert strict.verify(VerifyRequest(response=r"\boxed{85}", label=85)).score == 1.0
+    loose = MathVerifier(MathParams(require_boxed=False, allow_plain_number=True))
+    assert loose.verify(VerifyRequest(response="The answer is 85", label=85)).score == 1.0
+
+
+def test_no_plain_number_fallback():
+    v = MathVerifier(MathParams(allow_plain_number=False))
+    result = v.verify(VerifyRequest(response="so it is 85", label=85))
+    assert result.score == 0.0 and result.breakdown["verdict"] == "no_answer"
+    assert v.verify(VerifyRequest(response="so it is $85$", label=85)).score == 1.0
+
+
+@pytest.mark.parametrize("label", [None, {"a": 1}, "", True, float("nan")])
+def test_bad_labels_are_errors_not_exceptions(verifier, label):
+    result = verifier.verify(VerifyRequest(response=r"\boxed{1}", label=label))
+    assert result.score == 0.0
+    assert result.error is not None and "label" in result.error
+
+
+def test_breakdown_names_the_answer(verifier):
+    result = verifier.verify(VerifyRequest(response=r"so \boxed{\frac{1}{2}}", label="0.5"))
+    assert result.breakdown == {"answer": r"\frac{1}{2}", "source": "boxed", "verdict": "correct"}
+    assert result.seconds > 0
+
+
+def test_never_raises_on_hostile_text(verifier):
+    hostile = [
+        "\\boxed{" * 200, "}" * 500, "\\frac" * 300 + "\\boxed{1}", "\x00\\boxed{\ud800}",
+        "\\boxed{" + "9" * 5000 + "}", "\\boxed{\\begin{pmatrix}" + "1&" * 300 + "\\end{pmatrix}}",
+        "\\boxed{2^{2^{2^{2^{2^{2^{2}}}}}}}", "\\boxed{(((((((((((((((((((((1)))))))))))))))))))))}",
+    ]
+    for response in hostile:
+        start = time.perf_counter()
+        result = verifier.verify(VerifyRequest(response=response, label="5"))
+        assert result.score == 0.0
+        assert time.perf_counter() - start < 3.0, response[:40]

@@ -1,0 +1,165 @@
+"""The scoring pool: order, parallelism, hard timeouts that kill, crashes, async, no lingering workers."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from configs.schema import RewardsConfig, RewardTerm
+from rewards.base import VerifyRequest
+from rewards.pool import RewardScorer
+
+PLUGIN = textwrap.dedent('''
+    import os, time
+    from rewards.base import Verifier, VerifyResult
+
+    class Slow(Verifier):
+        """Sleeps the number of seconds in the response; 'spin' burns CPU forever; 'exit' dies."""
+        def verify(self, request):
+            if request.response == "spin":
+                while True:
+                    pass
+            if request.response == "exit":
+                os._exit(3)
+            if request.response == "raise":
+                raise TypeError("bad input")
+            time.sleep(float(request.response))
+            return VerifyResult(1.0, {"pid": os.getpid()})
+
+    class Inline(Verifier):
+        isolation = "inline"
+        def verify(self, request):
+            return VerifyResult(1.0, {"pid": os.getpid()})
+''')
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("plugin")
+    (folder / "pool_fixture_verifiers.py").write_text(PLUGIN)
+    sys.path.insert(0, str(folder))  # spawned workers inherit the parent's sys.path
+    yield folder
+    sys.path.remove(str(folder))
+
+
+def _cfg(timeout_s=1.0, workers=2, *terms):
+    return RewardsConfig(terms=list(terms) or [RewardTerm(verifier="pool_fixture_verifiers:Slow", name="Slow")],
+                         timeout_s=timeout_s, num_workers=workers)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.fixture(scope="module")
+def scorer(plugin_path):
+    with RewardScorer(_cfg()) as s:
+        s.score([VerifyRequest(response="0")] * 2)  # wait for both workers to be up
+        yield s
+
+
+def test_order_and_parallelism(scorer):
+    start = time.perf_counter()
+    results = scorer.score([VerifyRequest(response="0.3", label=i) for i in range(4)])
+    elapsed = time.perf_counter() - start
+    assert [r.score for r in results] == [1.0] * 4
+    assert len({r.breakdown["Slow/pid"] for r in results}) == 2  # both workers used
+    assert elapsed < 1.0  # 4 x 0.3 s on 2 workers = 0.6 s, not 1.2 s
+
+
+def test_timeout_kills_and_respawns(scorer):
+    before = scorer.stats()
+    pids = scorer.worker_pids()
+    start = time.perf_counter()
+    results = scorer.score([VerifyRequest(response="spin"), VerifyRequest(response="0")])
+    assert time.perf_counter() - start < 3.0
+    assert results[0].score == 0.0 and results[0].error == "Slow: timeout after 1.0s"
+    assert results[1].score == 1.0
+    assert scorer.stats()["timeouts"] == before["timeouts"] + 1
+    assert any(not _alive(p) for p in pids)  # the spinning process was killed, not left running
+    again = scorer.score([VerifyRequest(response="0")] * 2)  # and the pool still works
+    assert [r.score for r in again] == [1.0, 1.0]
+
+
+def test_errors_and_crashes_are_zero_with_reason(scorer):
+    raised, crashed = scorer.score([VerifyRequest(response="raise"), VerifyRequest(response="exit")])
+    assert raised.score == 0.0 and raised.error == "Slow: TypeError: bad input"
+    assert crashed.score == 0.0 and "crashed" in crashed.error
+    assert scorer.stats()["errors"] >= 2 and scorer.stats()["crashes"] >= 1
+
+
+def test_ascore_does_not_block_the_event_loop(scorer):
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        results = await scorer.ascore([VerifyRequest(response="0.5")] * 2)
+        task.cancel()
+        return results, ticks
+
+    results, ticks = asyncio.run(main())
+    assert [r.score for r in results] == [1.0, 1.0]
+    assert ticks >= 20  # ~50 ticks in 0.5 s if the loop stayed free
+
+
+def test_inline_verifiers_run_in_the_parent(plugin_path):
+    cfg = _cfg(1.0, 1, RewardTerm(verifier="pool_fixture_verifiers:Inline", name="Inline"))
+    with RewardScorer(cfg) as s:
+        assert s.worker_pids() == []  # no process terms, no processes
+        (res,) = s.score([VerifyRequest(response="x")])
+    assert res.breakdown["Inline/pid"] == os.getpid()
+
+
+def test_close_reaps_workers(plugin_path):
+    s = RewardScorer(_cfg(1.0, 2))
+    s.score([VerifyRequest(response="0")] * 2)
+    pids = s.worker_pids()
+    s.close()
+    assert len(pids) == 2 and not any(_alive(p) for p in pids)
+
+
+def test_workers_die_with_their_parent(plugin_path):
+    script = textwrap.dedent(f'''
+        import os, sys
+        sys.path.insert(0, {str(plugin_path)!r})
+        from configs.schema import RewardsConfig, RewardTerm
+        from rewards.base import VerifyRequest
+        from rewards.pool import RewardScorer
+        if __name__ == "__main__":
+            s = RewardScorer(RewardsConfig(terms=[RewardTerm(verifier="pool_fixture_verifiers:Slow", name="Slow")],
+                                           num_workers=2, timeout_s=30))
+            s.score([VerifyRequest(response="0")] * 2)
+            print(" ".join(map(str, s.worker_pids())), flush=True)
+            os._exit(0)  # no close(), no atexit: a parent that dies
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2, out.stderr
+    deadline = time.time() + 5
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_math_through_the_pool_many_samples():
+    cfg = RewardsConfig(terms=[RewardTerm(verifier="math")], num_workers=1, timeout_s=10)
+    reqs = [VerifyRequest(response=rf"\boxed{{{i}}}", label=i if i % 2 else i + 1) for i in range(100)]
+    with RewardScorer(cfg) as s:
+        results = s.score(reqs)
+    assert [r.score for r in results] == [float(i % 2) for i in range(100)]
