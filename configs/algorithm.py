@@ -52,7 +52,11 @@ class ClippedLoss(_Strict):
 
 
 class GSPOLoss(_Strict):
-    """GSPO: one length-normalised sequence-level ratio per sample, clipped (eps are ~1e-3 scale)."""
+    """GSPO: one length-normalised sequence-level ratio per sample, clipped (eps are ~1e-3 scale).
+
+    The sample's loss is spread over its trained tokens and then aggregated like a token loss, so
+    aggregation = "seq_mean_token_mean" is the paper's objective; "token_mean" weights samples by length.
+    """
 
     type: Literal["gspo"] = "gspo"
     eps_low: float = Field(3e-4, ge=0)
@@ -78,13 +82,17 @@ class OffPolicyConfig(_Strict):
     """Correction for the gap between the rollout engine's policy and the learner's.
 
     Two gaps exist: vLLM's numerics differ from the learner's, and async rollouts were sampled by older
-    weights (staleness). `tis` multiplies each token's loss by min(pi_old / pi_rollout, cap) (truncated
-    importance sampling). `decoupled` uses the learner's own pre-update log-probs as the proximal policy
-    for the clipped ratio and the rollout log-probs only for the behaviour correction (decoupled PPO).
+    weights (staleness). `tis` takes the clipped ratio against the learner's pre-update policy pi_old
+    (the detached current log-probs, exact with one optimizer step per batch) and multiplies each token's
+    loss by stopgrad(min(pi_old / pi_rollout, cap)) (truncated importance sampling; the ratio is *not*
+    taken against the rollout too, which would correct the mismatch twice). `decoupled` is the same
+    formula with pi_old passed explicitly as the proximal policy (decoupled PPO); they differ only when
+    several optimizer steps reuse one batch. Exact formulas: learner/losses.py.
     """
 
     mode: Literal["none", "tis", "decoupled"] = "tis"
-    """none: ratio against rollout log-probs; tis: also truncated IS weight; decoupled: proximal policy."""
+    """none: ratio against rollout log-probs, no weight; tis: ratio against the learner's detached log-probs
+    times the truncated IS weight; decoupled: ratio against the given proximal log-probs, same weight."""
     tis_cap: float = Field(2.0, gt=0)
     """Cap of the truncated importance weight."""
 

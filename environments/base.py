@@ -1,0 +1,74 @@
+"""The environment contract: turn one dataset row into `n` finished episodes, using a policy engine.
+
+An environment owns the conversation (chat template, tool calls, observations) but not the reward: the
+rollout worker scores the finished episodes with the run's verifiers. Multi-turn environments put tool
+output tokens into the completion with loss_mask 0, so the learner trains only on what the policy sampled.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+
+class CompletionLike(Protocol):
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    text: str
+    finish_reason: str
+    versions: tuple[int, int]
+
+
+# generate(prompt_token_ids, n) -> n completions of that prompt
+Generate = Callable[[list[int], int], Awaitable[list[CompletionLike]]]
+
+
+@dataclass(frozen=True)
+class Episode:
+    """What an environment hands back for one sample (see rollout.types.Sample for the field meanings)."""
+
+    prompt: str | list[dict[str, Any]]
+    prompt_token_ids: tuple[int, ...]
+    completion_token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    loss_mask: tuple[int, ...]
+    response: str
+    versions: tuple[int, int]
+    finish_reason: str
+    messages: list[dict[str, Any]] | None = None
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Environment(ABC):
+    """Subclasses set `Params` and implement `run_group`. Built once per rollout worker."""
+
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel, tokenizer: Any, prompt_key: str, system_prompt: str | None) -> None:
+        self.params = params
+        self.tokenizer = tokenizer
+        self.prompt_key = prompt_key
+        self.system_prompt = system_prompt
+
+    def messages(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """The row's prompt as chat messages (a plain string becomes one user message)."""
+        prompt = row[self.prompt_key]
+        if isinstance(prompt, str):
+            system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+            return system + [{"role": "user", "content": prompt}]
+        return list(prompt)
+
+    def encode_messages(self, messages: list[dict[str, Any]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    @abstractmethod
+    async def run_group(self, row: dict[str, Any], generate: Generate, n: int) -> list[Episode]:
+        """Run n episodes of one row (a GRPO group)."""

@@ -1,0 +1,63 @@
+"""Ray at the edge: the plain ReplayBuffer, RolloutWorker and Learner classes as Ray actors.
+
+Nothing else in temper imports ray except the driver. Resources per role come from `[ray]` in the config.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from configs.schema import RunConfig
+from learner.learner import Learner
+from rollout.buffer import ReplayBuffer
+from rollout.types import Group
+from rollout.worker import RolloutWorker
+
+
+class RemoteBuffer:
+    """What a RolloutWorker needs of the buffer, forwarded to the buffer actor."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def acquire_slot(self) -> bool:
+        return await self.handle.acquire_slot.remote()
+
+    async def release_slot(self) -> None:
+        await self.handle.release_slot.remote()
+
+    async def put(self, group: Group) -> None:
+        await self.handle.put.remote(group)
+
+
+def make_buffer(cfg: RunConfig, rollouts_path: str | None):
+    actor = ray.remote(num_cpus=0, max_concurrency=1000)(ReplayBuffer)
+    return actor.remote(cfg.buffer, cfg.learner.batch_groups, rollouts_path)
+
+
+def make_workers(cfg: RunConfig, buffer_handle: Any) -> list[Any]:
+    cores = os.cpu_count() or 1
+    workers = []
+    for i in range(cfg.rollout.num_workers):
+        env = {
+            "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(cfg.rollout.engine.kv_cache_gb))),
+            # Weight reloads every step would print loader progress bars and benign warnings each time.
+            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
+            "TQDM_DISABLE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            # One core per engine on CPU machines (the learner takes another); override by setting it.
+            "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", str(i % cores)),
+        }
+        actor = ray.remote(
+            num_cpus=cfg.ray.worker_cpus, num_gpus=cfg.ray.worker_gpus, max_concurrency=1000
+        )(RolloutWorker)
+        workers.append(actor.options(runtime_env={"env_vars": env}).remote(cfg, i, RemoteBuffer(buffer_handle)))
+    return workers
+
+
+def make_learner(cfg: RunConfig, weights_root: str):
+    actor = ray.remote(num_cpus=cfg.ray.learner_cpus, num_gpus=cfg.ray.learner_gpus)(Learner)
+    return actor.remote(cfg, weights_root)

@@ -1,0 +1,81 @@
+"""The `temper` command. Subcommands import only what they need: `temper rewards` never loads torch,
+vLLM or Ray, and config mistakes are reported before anything heavy starts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="temper train", description="Run an RL post-training job.")
+    parser.add_argument("config", help="run config (TOML), e.g. configs/demo.toml")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set learner.optimizer.lr=1e-4 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    from configs.load import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from learner.train import prepare
+
+        prepare(cfg)  # cheap config/path/plugin checks before Ray or torch-heavy work
+    except ConfigError as e:
+        print(f"temper train: {e}", file=sys.stderr)
+        return 2
+    from learner.train import train
+
+    try:
+        train(cfg)
+    except ConfigError as e:
+        print(f"temper train: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("temper train: interrupted; engines, actors and /dev/shm cleaned up", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _check_config(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="temper check-config", description="Validate a run config and exit.")
+    parser.add_argument("config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    from configs.load import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from rewards.rubric import validate_rewards_config
+
+        validate_rewards_config(cfg.rewards)
+    except ConfigError as e:
+        print(f"temper check-config: {e}", file=sys.stderr)
+        return 2
+    print(cfg.model_dump_json(indent=1))
+    return 0
+
+
+COMMANDS = {
+    "train": ("run an RL post-training job from a TOML config", _train),
+    "rewards": ("debug rewards without a model: list, score, check, replay", None),
+    "check-config": ("validate a run config (with --set overrides) and print it resolved", _check_config),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<13} {help_}" for name, (help_, _) in COMMANDS.items()]
+        print("usage: temper COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] == "rewards":
+        from rewards.cli import main as rewards_main
+
+        return rewards_main(argv[1:])
+    return COMMANDS[argv[0]][1](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

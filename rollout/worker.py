@@ -1,0 +1,196 @@
+"""A rollout worker: one vLLM engine looping on its shard of prompts, feeding complete groups to the buffer.
+
+The loop is deliberately plain: take the next row, wait for a generation slot (the buffer's staleness
+throttle), run the environment for `group_size` episodes, score them, put the group. Up to
+`max_concurrent_groups` of these run at once so the engine always has a full batch; weight updates arrive
+on the same event loop between engine steps and never interrupt a request.
+
+A plain class with async methods: tests run it in asyncio with a local ReplayBuffer; rollout/ray_actors.py
+makes it a Ray actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import traceback
+from typing import Any, Protocol
+
+from configs.schema import RunConfig
+from environments.registry import resolve_environment
+from rollout.types import Group, Sample
+
+
+class BufferLike(Protocol):
+    async def acquire_slot(self) -> bool: ...
+    async def release_slot(self) -> None: ...
+    async def put(self, group: Group) -> None: ...
+
+
+def load_rows(path: str) -> list[dict[str, Any]]:
+    """JSONL rows through `datasets` (so any local JSON/JSONL `datasets` reads works)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    return list(datasets.load_dataset("json", data_files=path, split="train"))
+
+
+class RolloutWorker:
+    def __init__(self, cfg: RunConfig, index: int, buffer: BufferLike | None) -> None:
+        self.cfg = cfg
+        self.index = index
+        self.buffer = buffer
+        self.engine = None
+        self.env = None
+        self.scorer = None
+        self.generated_tokens = 0
+        self.finished_groups = 0
+        self.failed_groups = 0
+        self.last_error: str | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        """Build the engine, the environment and the scoring pool (slow: call once)."""
+        from rewards.pool import RewardScorer
+        from rollout.engine import Engine
+
+        cfg = self.cfg
+        self.engine = Engine(
+            cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype, cfg.seed + 1000 * self.index
+        )
+        await self.engine.init()
+        env_cls = resolve_environment(cfg.environment.name)
+        params = env_cls.Params.model_validate(cfg.environment.params)
+        self.env = env_cls(params, self.engine.tokenizer, cfg.data.prompt_key, cfg.data.system_prompt)
+        self.scorer = RewardScorer(cfg.rewards)
+
+    # ------------------------------------------------------------------ the loop
+    def _shard(self) -> list[dict[str, Any]]:
+        rows = load_rows(self.cfg.data.train)
+        return rows[self.index :: self.cfg.rollout.num_workers]
+
+    def _rows_forever(self):
+        rows = self._shard()
+        rng = random.Random(self.cfg.seed + self.index)
+        epoch = 0
+        while True:
+            order = list(range(len(rows)))
+            if self.cfg.data.shuffle:
+                rng.shuffle(order)
+            for i in order:
+                yield f"w{self.index}-e{epoch}-r{i}", rows[i]
+            epoch += 1
+
+    async def run(self) -> None:
+        """Generate groups until stop(); returns normally, raises only on a bug (which the driver sees)."""
+        assert self.buffer is not None and self.engine is not None
+        limit = asyncio.Semaphore(self.cfg.rollout.max_concurrent_groups)
+        tasks: set[asyncio.Task] = set()
+        for group_id, row in self._rows_forever():
+            await limit.acquire()
+            if self._stop.is_set() or not await self.buffer.acquire_slot():
+                limit.release()
+                break
+            task = asyncio.create_task(self._one_group(group_id, row, limit))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _one_group(self, group_id: str, row: dict[str, Any], limit: asyncio.Semaphore) -> None:
+        try:
+            group = await self.rollout_group(group_id, row)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a broken row or environment must not kill the worker: count it, free the slot
+            self.failed_groups += 1
+            self.last_error = traceback.format_exc(limit=3)
+            await self.buffer.release_slot()
+        else:
+            await self.buffer.put(group)
+        finally:
+            limit.release()
+
+    async def rollout_group(self, group_id: str, row: dict[str, Any], greedy: bool = False) -> Group:
+        """Run and score one group of `row`: `group_size` sampled episodes, or one greedy episode."""
+        from rewards.base import VerifyRequest
+
+        async def generate(prompt_ids: list[int], n: int):
+            return await self.engine.generate(prompt_ids, 1 if greedy else n, greedy=greedy)
+
+        n = 1 if greedy else self.cfg.rollout.group_size
+        episodes = await self.env.run_group(row, generate, n)
+        label = row.get(self.cfg.data.label_key)
+        metadata = {k: v for k, v in row.items() if k not in (self.cfg.data.prompt_key, self.cfg.data.label_key)}
+        results = await self.scorer.ascore(
+            [VerifyRequest(e.response, label, e.prompt, metadata, e.messages) for e in episodes]
+        )
+        samples = [
+            Sample(
+                id=f"{group_id}-s{j}",
+                group_id=group_id,
+                prompt=e.prompt,
+                response=e.response,
+                label=label,
+                prompt_token_ids=e.prompt_token_ids,
+                completion_token_ids=e.completion_token_ids,
+                logprobs=e.logprobs,
+                loss_mask=e.loss_mask,
+                versions=e.versions,
+                reward=r.score,
+                correct=self._is_correct(r),
+                breakdown=r.breakdown,
+                error=r.error,
+                finish_reason=e.finish_reason,
+                metadata=metadata,
+                messages=e.messages,
+            )
+            for j, (e, r) in enumerate(zip(episodes, results))
+        ]
+        if not greedy:
+            self.generated_tokens += sum(sum(e.loss_mask) for e in episodes)
+            self.finished_groups += 1
+        return Group(group_id, tuple(samples))
+
+    def _is_correct(self, result) -> bool:
+        """Accuracy counts the rubric's correctness term (default: its first term) at full score."""
+        terms = self.cfg.rewards.terms
+        key = self.cfg.rewards.correct_term or terms[0].name or terms[0].verifier
+        part = result.breakdown.get(key)
+        if isinstance(part, dict):
+            part = part.get("score")
+        if part is None:
+            part = result.score / max(terms[0].weight, 1e-12) if len(terms) == 1 else 0.0
+        return float(part) >= 1.0
+
+    # ------------------------------------------------------------------ control
+    async def update_weights(self, weights_dir: str, version: int) -> float:
+        t0 = time.perf_counter()
+        await self.engine.load_weights(weights_dir, version)
+        return time.perf_counter() - t0
+
+    async def evaluate(self, rows: list[dict[str, Any]]) -> list[bool]:
+        """Greedy, one sample per row; correct by the rubric's correctness term."""
+        groups = await asyncio.gather(*(self.rollout_group(f"eval-{i}", r, greedy=True) for i, r in enumerate(rows)))
+        return [g.samples[0].correct for g in groups]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "generated_tokens": self.generated_tokens,
+            "finished_groups": self.finished_groups,
+            "failed_groups": self.failed_groups,
+            "last_error": self.last_error,
+            "version": self.engine.version if self.engine else None,
+        }
+
+    async def stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None

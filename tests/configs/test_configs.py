@@ -1,0 +1,141 @@
+"""Every recipe parses; every kind of config mistake is one clear message naming file/line/field."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configs.load import ConfigError, load_config, parse_override
+from configs.schema import RunConfig
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = sorted((REPO / "configs").rglob("*.toml"))
+
+
+def test_there_are_recipes():
+    assert any(p.name == "demo.toml" for p in RECIPES)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_has_valid_reward_params(path):
+    from rewards.rubric import validate_rewards_config
+
+    validate_rewards_config(load_config(path).rewards)
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load_config(REPO / "configs/demo.toml", ["learner.optimizer.lr=1e-4", "rollout.group_size=4", "name=my-run"])
+    assert cfg.learner.optimizer.lr == 1e-4
+    assert cfg.rollout.group_size == 4
+    assert cfg.name == "my-run"
+
+
+def test_override_of_union_member(tmp_path):
+    cfg = load_config(REPO / "configs/demo.toml", ["algorithm.advantage.type=rloo"])
+    assert cfg.algorithm.advantage.type == "rloo"
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "run.toml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_file_line_and_field(tmp_path):
+    p = _write(tmp_path, "[demo]\nenabled = true\n\n[learner]\nstepz = 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert f"{p}:5: learner.stepz: unknown key" in str(e.value)
+
+
+def test_wrong_type_names_line_and_value(tmp_path):
+    p = _write(tmp_path, "[demo]\nenabled = true\n[learner.optimizer]\nlr = \"fast\"\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert f"{p}:4: learner.optimizer.lr" in str(e.value) and "'fast'" in str(e.value)
+
+
+def test_constraint_violation_in_override_names_the_override(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs/demo.toml", ["rollout.group_size=1"])
+    assert "--set rollout.group_size=1: rollout.group_size" in str(e.value)
+    assert "greater than or equal to 2" in str(e.value)
+
+
+def test_unknown_override_key(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs/demo.toml", ["learner.nope=1"])
+    assert "learner.nope: unknown key" in str(e.value)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        parse_override("learner.lr")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_invalid_toml_names_line(tmp_path):
+    p = _write(tmp_path, "[learner]\nsteps = = 3\n")
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line 2"):
+        load_config(p)
+
+
+def test_model_and_data_required_without_demo(tmp_path):
+    p = _write(tmp_path, "name = 'x'\n")
+    with pytest.raises(ConfigError, match="model.path is required"):
+        load_config(p)
+
+
+def test_bad_verifier_params_fail_at_load(tmp_path):
+    from rewards.rubric import validate_rewards_config
+
+    p = _write(tmp_path, "[demo]\nenabled = true\n[[rewards.terms]]\nverifier = 'math'\nparams = { requre_boxed = true }\n")
+    with pytest.raises(ConfigError, match=r"rewards.terms\[0\].params"):
+        validate_rewards_config(load_config(p).rewards)
+
+
+def _temper(*args, cwd=REPO):
+    exe = Path(sys.executable).with_name("temper")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    p = _write(tmp_path, "[demo]\nenabled = true\n[learner]\nstepz = 3\n")
+    r = _temper("train", str(p))
+    assert r.returncode == 2
+    assert "learner.stepz: unknown key" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_missing_model_folder(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "1+1?", "label": "2"}\n')
+    p = _write(tmp_path, f"[model]\npath = '{tmp_path / 'no-model'}'\n[data]\ntrain = '{data}'\n")
+    r = _temper("train", str(p))
+    assert r.returncode == 2 and "model.path" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_missing_data_file(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    p = _write(tmp_path, f"[model]\npath = '{model}'\n[data]\ntrain = '{tmp_path / 'missing.jsonl'}'\n")
+    r = _temper("train", str(p))
+    assert r.returncode == 2 and "data.train: file not found" in r.stderr
+
+
+def test_check_config_prints_resolved(tmp_path):
+    r = _temper("check-config", "configs/demo.toml", "--set", "learner.steps=7")
+    assert r.returncode == 0, r.stderr
+    assert '"steps": 7' in r.stdout
