@@ -58,7 +58,7 @@ def _key_lines(text: str) -> dict[str, int]:
     return lines
 
 
-def _describe(errors: ValidationError, lines: dict[str, int], overrides: dict[str, str], source: str) -> str:
+def _describe(errors: ValidationError, lines: dict[str, str], overrides: dict[str, str], source: str) -> str:
     parts = []
     for err in errors.errors():
         loc = [str(p) for p in err["loc"]]
@@ -70,7 +70,7 @@ def _describe(errors: ValidationError, lines: dict[str, int], overrides: dict[st
                 where = f"--set {overrides[prefix]}"
                 break
             if prefix in lines:
-                where = f"{source}:{lines[prefix]}"
+                where = lines[prefix]
                 break
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -81,9 +81,17 @@ def _describe(errors: ValidationError, lines: dict[str, int], overrides: dict[st
     return "invalid config:\n  " + "\n  ".join(parts)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read, override and validate a run config; raise ConfigError naming file/line/field on any mistake."""
-    path = Path(path)
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """child over base, recursively for tables; arrays and values are replaced whole."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """A TOML file with its `extends = "other.toml"` chain resolved (relative to the file), and where
+    each dotted key was set ("file:line"), the child's lines winning."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -94,6 +102,25 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         tree = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    lines = {key: f"{path}:{n}" for key, n in _key_lines(text).items()}
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree, lines
+    if not isinstance(parent, str):
+        raise ConfigError(f"{lines.get('extends', path)}: extends: expected a file name, got {parent!r}")
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in seen:
+        raise ConfigError(f"{lines['extends']}: extends: cycle through {parent_path}")
+    base, base_lines = _read_tree(parent_path, (*seen, path.resolve()))
+    return _merge(base, tree), {**base_lines, **lines}
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read, override and validate a run config; raise ConfigError naming file/line/field on any mistake.
+
+    A recipe may start with `extends = "base.toml"` to change only what differs from another recipe."""
+    path = Path(path)
+    tree, lines = _read_tree(path)
     applied: dict[str, str] = {}
     for item in overrides:
         keys, value = parse_override(item)
@@ -102,4 +129,4 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_describe(e, _key_lines(text), applied, str(path))) from None
+        raise ConfigError(_describe(e, lines, applied, str(path))) from None

@@ -98,6 +98,8 @@ class BufferConfig(_Strict):
     0 is sync mode: workers wait for every new version."""
     drop_zero_variance: bool = False
     """Drop groups whose rewards are all equal (they carry no GRPO signal)."""
+    batch_timeout_s: float = Field(900.0, gt=0)
+    """The run stops with an explanation when a batch takes longer than this to fill."""
 
 
 class LearnerConfig(_Strict):

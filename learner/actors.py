@@ -43,7 +43,6 @@ def make_workers(cfg: RunConfig, buffer_handle: Any) -> list[Any]:
     workers = []
     for i in range(cfg.rollout.num_workers):
         env = {
-            "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(cfg.rollout.engine.kv_cache_gb))),
             # Weight reloads every step would print loader progress bars and benign warnings each time.
             "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
             "TQDM_DISABLE": "1",

@@ -4,7 +4,12 @@ vLLM or Ray, and config mistakes are reported before anything heavy starts."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _train(argv: list[str]) -> int:
@@ -25,13 +30,18 @@ def _train(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"temper train: {e}", file=sys.stderr)
         return 2
-    from learner.train import train
+    from learner.train import RunError, train
 
+    # `kill` and `ray job stop` send SIGTERM: treat it like Ctrl-C so the same cleanup runs.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         train(cfg)
     except ConfigError as e:
         print(f"temper train: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"temper train: stopped: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("temper train: interrupted; engines, actors and /dev/shm cleaned up", file=sys.stderr)
         return 130

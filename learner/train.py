@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -26,6 +27,10 @@ from typing import Any
 from configs.load import ConfigError
 from configs.schema import RunConfig
 from learner.report import describe_accuracy, plot_run, wilson_interval
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason the user can act on; the CLI prints it without a traceback."""
 
 
 def prepare(cfg: RunConfig, log=print) -> RunConfig:
@@ -60,23 +65,30 @@ def prepare(cfg: RunConfig, log=print) -> RunConfig:
     return cfg
 
 
-def connect_ray(cfg: RunConfig) -> bool:
-    """Join the cluster of `ray job submit` / `ray start` when there is one; else start a local one.
+def connect_ray(cfg: RunConfig) -> str | None:
+    """Join the cluster of `ray job submit` / `ray start` when there is one; else start a private one.
 
-    Returns True when this process started the cluster (and must stop it)."""
+    A private cluster keeps its files (and its address) in its own temp folder, so another `temper train`
+    on the same machine never joins it by accident and dies when this run stops it. Returns that folder
+    when this process started the cluster (and must stop it), else None."""
     import ray
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     quiet = {"log_to_driver": True, "logging_level": "WARNING"}
     if address:
         ray.init(address=address, **quiet)
-        return False
+        return None
     try:
-        ray.init(address="auto", **quiet)
-        return False
+        ray.init(address="auto", **quiet)  # a `ray start --head` cluster on this machine
+        return None
     except ConnectionError:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **quiet)
-        return True
+        temp_dir = tempfile.mkdtemp(prefix="temper-ray-", dir="/tmp")
+        # Ray >= 2.59 secures local clusters with a token and saves it to ~/.ray/auth_token, where a later
+        # `ray start --head` would pick it up and `ray job submit` would then be refused. A per-run token in
+        # the environment keeps this private cluster secured without leaving that file behind.
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=temp_dir, **quiet)
+        return temp_dir
 
 
 def evaluate(workers: list[Any], rows: list[dict[str, Any]]) -> tuple[int, int]:
@@ -112,7 +124,7 @@ def train(cfg: RunConfig, log=print) -> dict[str, Any]:
     log(f"run directory: {run_dir.resolve()}")
     shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     weights_root = _shm_root(cfg.name)
-    started_ray = connect_ray(cfg)
+    private_ray = connect_ray(cfg)
     workers: list[Any] = []
     learner = None
     try:
@@ -136,7 +148,7 @@ def train(cfg: RunConfig, log=print) -> dict[str, Any]:
         log(f"run directory: {run_dir.resolve()}")
         return summary
     finally:
-        _shutdown(workers, learner, started_ray, weights_root, shm_before)
+        _shutdown(workers, learner, private_ray, weights_root, shm_before)
 
 
 def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log) -> dict[str, Any]:
@@ -147,18 +159,24 @@ def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log) -> dict
     metrics_file = (run_dir / "metrics.jsonl").open("w")
     steps: list[dict[str, Any]] = []
     version = 0
-    last_tokens, last_time, run_start = 0, time.time(), time.time()
+    start_tokens = sum(s["generated_tokens"] for s in ray.get([w.stats.remote() for w in workers]))
+    run_start = time.time()
     bar = tqdm(total=cfg.learner.steps, desc="RL steps", disable=not cfg.logging.progress_bar, dynamic_ncols=True)
     try:
         for step in range(1, cfg.learner.steps + 1):
             t_step = time.time()
-            batch = buffer.get_batch.remote(cfg.learner.batch_groups, version, None)
+            batch = buffer.get_batch.remote(cfg.learner.batch_groups, version, cfg.buffer.batch_timeout_s)
             train_ref = learner.train_step.remote(batch)
             done, _ = ray.wait([train_ref, *run_refs], num_returns=1)
             if done[0] in run_refs:  # a worker loop ended before the learner: that is a crash
                 ray.get(done[0])
                 raise RuntimeError(f"rollout worker {run_refs[done[0]]} stopped unexpectedly")
-            m = ray.get(train_ref)
+            try:
+                m = ray.get(train_ref)
+            except ray.exceptions.RayTaskError as e:
+                if isinstance(e.cause, TimeoutError):  # the buffer explains what it dropped and why
+                    raise RunError(str(e.cause)) from None
+                raise
             t_sync = time.time()
             path = ray.get(learner.publish.remote())
             version = m["version"]
@@ -174,12 +192,12 @@ def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log) -> dict
                     "step": step,
                     "step_seconds": now - t_step,
                     "weight_sync_seconds": sync_seconds,
-                    "rollout/tokens_per_s": (tokens - last_tokens) / max(now - last_time, 1e-9),
+                    # since RL started: per-step deltas read 0 whenever the throttle held the workers
+                    "rollout/tokens_per_s": (tokens - start_tokens) / max(now - run_start, 1e-9),
                     "rollout/failed_groups": sum(s["failed_groups"] for s in stats),
                     "elapsed_seconds": now - run_start,
                 }
             )
-            last_tokens, last_time = tokens, now
             if eval_rows and cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.learner.steps:
                 rows = eval_rows[: cfg.eval.limit] if cfg.eval.limit else eval_rows
                 evals.append(_eval_record(step, *evaluate(workers, rows)))
@@ -239,7 +257,7 @@ def _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, rl_
     return summary
 
 
-def _shutdown(workers, learner, started_ray: bool, weights_root: str, shm_before: set[str]) -> None:
+def _shutdown(workers, learner, private_ray: str | None, weights_root: str, shm_before: set[str]) -> None:
     """Stop engines explicitly (a killed vLLM actor leaks /dev/shm segments), then the actors and Ray."""
     import ray
 
@@ -250,9 +268,10 @@ def _shutdown(workers, learner, started_ray: bool, weights_root: str, shm_before
             with contextlib.suppress(Exception):
                 ray.kill(actor)
     shutil.rmtree(weights_root, ignore_errors=True)
-    if started_ray:
-        with contextlib.suppress(Exception):
-            ray.shutdown()
+    with contextlib.suppress(Exception):
+        ray.shutdown()  # disconnects; also stops the cluster when this process started it
+    if private_ray:
+        shutil.rmtree(private_ray, ignore_errors=True)
     if os.path.isdir("/dev/shm"):
         for name in set(os.listdir("/dev/shm")) - shm_before:
             if name.startswith("psm_"):

@@ -108,7 +108,14 @@ class ReplayBuffer:
                 self._drop_stale()
                 return len(self.groups) >= n_groups or self._closed
 
-            await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+            try:
+                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"no batch of {n_groups} fresh groups within {timeout:.0f}s (buffer: {self.stats()}). "
+                    "Workers crashed or stalled, or every group is dropped: with drop_zero_variance, a policy "
+                    "that never (or always) earns reward gives nothing to train on."
+                ) from None
             if len(self.groups) < n_groups:
                 raise RuntimeError("buffer closed while the learner waited for a batch")
             batch = [self.groups.popleft() for _ in range(n_groups)]

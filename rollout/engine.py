@@ -7,7 +7,6 @@ new weights, and vLLM records which output tokens each weight version produced (
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +55,6 @@ class Engine:
     """One AsyncLLM. Create inside a running event loop (an async Ray actor or asyncio.run)."""
 
     def __init__(self, model_path: str, cfg: EngineConfig, sampling: SamplingConfig, dtype: str, seed: int):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.kv_cache_gb))))
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.sampling = sampling

@@ -1,6 +1,14 @@
 """Shared, expensive fixtures: one tiny demo model folder per test session."""
 
+import json
 import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -22,3 +30,59 @@ def demo_assets(tmp_path_factory):
 
     cfg = tiny_demo(str(tmp_path_factory.mktemp("demo-cache")))
     return {**ensure_demo_assets(cfg, log=lambda *_: None), "demo": cfg}
+
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def tiny_job_overrides(demo: DemoConfig, run_dir: Path) -> list[str]:
+    """--set arguments that shrink any demo-based recipe to a seconds-long real job."""
+    sets = [
+        f"demo.cache_dir={json.dumps(demo.cache_dir)}", f"demo.n_train={demo.n_train}", f"demo.n_eval={demo.n_eval}",
+        "demo.sft_max_steps=0", f"demo.hidden_size={demo.hidden_size}", f"demo.num_layers={demo.num_layers}",
+        f"logging.run_dir={json.dumps(str(run_dir))}", "logging.progress_bar=false",
+        "learner.batch_groups=4", "rollout.group_size=4", "rollout.engine.kv_cache_gb=0.25",
+        "eval.every_steps=0", "ray.num_cpus=2",
+    ]
+    return [x for s in sets for x in ("--set", s)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A `ray start --head` cluster of our own (private temp dir, free ports), as a user would run."""
+    temp_dir = tempfile.mkdtemp(prefix="temper-test-ray-", dir="/tmp")
+    port, dash = _free_port(), _free_port()
+    # An explicit token: the same whether or not this machine has a ~/.ray/auth_token already.
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run(
+        [str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"],
+        check=True, capture_output=True, env=env, timeout=180,
+    )
+    try:
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120, check=False)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run only where CUDA is present (never in CI)."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in gpu_items:
+            item.add_marker(skip)

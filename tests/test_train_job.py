@@ -4,12 +4,10 @@ weight sync, eval, metrics, plot — 3 steps on the tiny untrained demo model.""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, VENV_BIN, tiny_job_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -19,22 +17,14 @@ def _psm_segments() -> set[str]:
 
 
 def run_job(tmp_path, demo_assets, *overrides: str) -> tuple[subprocess.CompletedProcess, Path | None]:
-    demo = demo_assets["demo"]
+    """`temper train configs/demo.toml` shrunk to 3 steps; no RAY_ADDRESS, so it starts its own cluster."""
     args = [
-        str(Path(sys.executable).with_name("temper")), "train", "configs/demo.toml",
-        "--set", f"demo.cache_dir={json.dumps(demo.cache_dir)}",
-        "--set", f"demo.n_train={demo.n_train}", "--set", f"demo.n_eval={demo.n_eval}",
-        "--set", "demo.sft_max_steps=0", "--set", f"demo.hidden_size={demo.hidden_size}",
-        "--set", f"demo.num_layers={demo.num_layers}",
-        "--set", f"logging.run_dir={json.dumps(str(tmp_path / 'runs'))}",
-        "--set", "logging.progress_bar=false",
-        "--set", "learner.steps=3", "--set", "learner.batch_groups=4", "--set", "rollout.group_size=4",
-        "--set", "rollout.engine.kv_cache_gb=0.25", "--set", "eval.every_steps=2", "--set", "eval.limit=8",
-        "--set", "ray.num_cpus=2",
+        str(VENV_BIN / "temper"), "train", "configs/demo.toml",
+        *tiny_job_overrides(demo_assets["demo"], tmp_path / "runs"),
+        "--set", "learner.steps=3", "--set", "eval.every_steps=2", "--set", "eval.limit=8",
         *[x for o in overrides for x in ("--set", o)],
     ]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env=env, check=False)
     runs = sorted((tmp_path / "runs").glob("demo-*"))
     return proc, runs[-1] if runs else None

@@ -122,7 +122,7 @@ def test_get_batch_times_out_when_nothing_arrives():
         buf = ReplayBuffer(BufferConfig(), batch_groups=1)
         await buf.get_batch(1, 0, timeout=0.05)
 
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match="no batch of 1 fresh groups"):
         run(main())
 
 
