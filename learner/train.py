@@ -169,8 +169,11 @@ def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log) -> dict
             train_ref = learner.train_step.remote(batch)
             done, _ = ray.wait([train_ref, *run_refs], num_returns=1)
             if done[0] in run_refs:  # a worker loop ended before the learner: that is a crash
-                ray.get(done[0])
-                raise RuntimeError(f"rollout worker {run_refs[done[0]]} stopped unexpectedly")
+                try:
+                    ray.get(done[0])
+                except ray.exceptions.RayTaskError as e:
+                    raise RunError(str(e.cause)) from None
+                raise RunError(f"rollout worker {run_refs[done[0]]} stopped unexpectedly")
             try:
                 m = ray.get(train_ref)
             except ray.exceptions.RayTaskError as e:

@@ -125,4 +125,6 @@ class Engine:
             await self.llm.resume_generation()
 
     def shutdown(self) -> None:
-        self.llm.shutdown()
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None  # collected now, not at interpreter exit when its __del__ finds modules gone

@@ -60,10 +60,15 @@ class RolloutWorker:
             cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype, cfg.seed + 1000 * self.index
         )
         await self.engine.init()
+        self.attach(self.engine, RewardScorer(cfg.rewards))
+
+    def attach(self, engine: Any, scorer: Any) -> None:
+        """Use this engine and scoring pool (tests share one engine across many workers this way)."""
+        cfg = self.cfg
+        self.engine, self.scorer = engine, scorer
         env_cls = resolve_environment(cfg.environment.name)
         params = env_cls.Params.model_validate(cfg.environment.params)
-        self.env = env_cls(params, self.engine.tokenizer, cfg.data.prompt_key, cfg.data.system_prompt)
-        self.scorer = RewardScorer(cfg.rewards)
+        self.env = env_cls(params, engine.tokenizer, cfg.data.prompt_key, cfg.data.system_prompt)
 
     # ------------------------------------------------------------------ the loop
     def _shard(self) -> list[dict[str, Any]]:
@@ -89,6 +94,10 @@ class RolloutWorker:
         tasks: set[asyncio.Task] = set()
         for group_id, row in self._rows_forever():
             await limit.acquire()
+            if self.failed_groups >= 8 and self.failed_groups > self.finished_groups:
+                # Failing more often than not is a bad dataset or environment, not bad luck: stop loudly.
+                raise RuntimeError(f"rollout worker {self.index}: {self.failed_groups} groups failed, "
+                                   f"{self.finished_groups} succeeded; last error:\n{self.last_error}")
             if self._stop.is_set() or not await self.buffer.acquire_slot():
                 limit.release()
                 break

@@ -36,16 +36,56 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-def tiny_job_overrides(demo: DemoConfig, run_dir: Path) -> list[str]:
-    """--set arguments that shrink any demo-based recipe to a seconds-long real job."""
+def tiny_overrides(demo: DemoConfig, run_dir: Path) -> list[str]:
+    """KEY=VALUE overrides that shrink any demo-based recipe to a seconds-long real job."""
     sets = [
         f"demo.cache_dir={json.dumps(demo.cache_dir)}", f"demo.n_train={demo.n_train}", f"demo.n_eval={demo.n_eval}",
         "demo.sft_max_steps=0", f"demo.hidden_size={demo.hidden_size}", f"demo.num_layers={demo.num_layers}",
         f"logging.run_dir={json.dumps(str(run_dir))}", "logging.progress_bar=false",
         "learner.batch_groups=4", "rollout.group_size=4", "rollout.engine.kv_cache_gb=0.25",
-        "eval.every_steps=0", "ray.num_cpus=2",
+        "eval.every_steps=0", "ray.num_cpus=2", "rewards.num_workers=1",
     ]
-    return [x for s in sets for x in ("--set", s)]
+    return sets
+
+
+def tiny_job_overrides(demo: DemoConfig, run_dir: Path) -> list[str]:
+    """The same as `temper train` arguments."""
+    return [x for s in tiny_overrides(demo, run_dir) for x in ("--set", s)]
+
+
+@pytest.fixture(scope="session")
+def shared_engine(demo_assets):
+    """The one vLLM engine of the test session, on an event loop in a background thread.
+
+    `shared_engine.run(coro)` runs a coroutine on that loop. Tests that change its weights say so; tests that
+    need the original weights reload them from demo_assets["model"]."""
+    import asyncio
+    import threading
+
+    from configs.schema import EngineConfig, SamplingConfig
+    from rollout.engine import Engine
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def run(coro, timeout=300):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    async def build():
+        eng = Engine(
+            demo_assets["model"], EngineConfig(kv_cache_gb=0.25, max_model_len=256),
+            SamplingConfig(max_tokens=8), "float32", seed=0,
+        )
+        await eng.init()
+        return eng
+
+    eng = run(build())
+    eng.run = run
+    yield eng
+    eng.shutdown()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
 
 
 def _free_port() -> int:

@@ -94,3 +94,14 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_lambda(100, 4, 100, "cosine", 0.1) == pytest.approx(0.1)
     assert lr_lambda(52, 4, 100, "cosine", 0.1) == pytest.approx(0.55)  # halfway: 0.1 + 0.9 * 0.5
     assert lr_lambda(50, 0, 100, "constant", 0.1) == 1.0
+
+
+def test_activation_checkpointing_gives_the_same_step(demo_assets, tmp_path):
+    def one_step(checkpointing: bool) -> dict:
+        learner = Learner(make_cfg(demo_assets, activation_checkpointing=checkpointing), str(tmp_path / f"w{checkpointing}"))
+        group = Group("g", (sample_from(learner, "g", 0, [70, 71], 1.0), sample_from(learner, "g", 1, [80], 0.0)))
+        return learner.train_step([group])
+
+    plain, recomputed = one_step(False), one_step(True)
+    assert recomputed["learner/grad_norm"] == pytest.approx(plain["learner/grad_norm"], rel=1e-5)
+    assert recomputed["learner/loss"] == pytest.approx(plain["learner/loss"], rel=1e-5, abs=1e-7)

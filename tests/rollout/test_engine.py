@@ -3,41 +3,16 @@ sampled-token log-probs agree, a weight reload takes effect (tied lm_head includ
 flight during a reload survives it and reports both weight versions."""
 
 import asyncio
-import threading
 
 import pytest
 import torch
 
-from configs.schema import EngineConfig, SamplingConfig
-
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def engine(demo_assets):
-    from rollout.engine import Engine
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    def run(coro, timeout=300):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
-    async def build():
-        eng = Engine(
-            demo_assets["model"], EngineConfig(kv_cache_gb=0.25, max_model_len=256),
-            SamplingConfig(max_tokens=8), "float32", seed=0,
-        )
-        await eng.init()
-        return eng
-
-    eng = run(build())
-    eng.run = run
-    yield eng
-    eng.shutdown()
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+@pytest.fixture
+def engine(shared_engine):
+    return shared_engine
 
 
 def hf_logprobs(model, prompt_ids, completion_ids) -> list[float]:

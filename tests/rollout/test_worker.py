@@ -1,0 +1,99 @@
+"""RolloutWorker's loop without Ray or vLLM: a fake engine (fixed answers) beside the real environment,
+tokenizer, scoring pool and buffer. The real engine runs in test_engine.py and the real job tests."""
+
+import asyncio
+
+import pytest
+
+from configs.schema import BufferConfig, RunConfig
+from environments.single_turn import SingleTurnEnvironment
+from rewards.pool import RewardScorer
+from rollout.buffer import ReplayBuffer
+from rollout.engine import Completion
+from rollout.worker import RolloutWorker
+
+
+class FakeEngine:
+    """Answers `\\boxed{label}` for even-indexed samples and `\\boxed{0}` otherwise."""
+
+    def __init__(self, tokenizer, answers):
+        self.tokenizer = tokenizer
+        self.answers = answers
+        self.version = 3
+
+    async def generate(self, prompt_ids, n, greedy=False, max_tokens=None):
+        text = self.tokenizer.decode(prompt_ids)
+        label = next(v for k, v in self.answers.items() if k in text)
+        outs = []
+        for i in range(n):
+            reply = f"\\boxed{{{label if i % 2 == 0 else 0}}}"
+            ids = tuple(self.tokenizer.encode(reply, add_special_tokens=False))
+            outs.append(Completion(ids, (-0.1,) * len(ids), reply, "stop", (self.version, self.version)))
+        return outs
+
+
+def make_worker(demo_assets, buffer, env_cls=SingleTurnEnvironment):
+    from transformers import AutoTokenizer
+
+    from rollout.worker import load_rows
+
+    cfg = RunConfig.model_validate(
+        {"model": {"path": demo_assets["model"]}, "data": {"train": demo_assets["train"]},
+         "rollout": {"group_size": 4, "max_concurrent_groups": 2}, "rewards": {"num_workers": 1}}
+    )
+    worker = RolloutWorker(cfg, 0, buffer)
+    tok = AutoTokenizer.from_pretrained(demo_assets["model"])
+    rows = load_rows(demo_assets["train"])
+    worker.attach(FakeEngine(tok, {r["prompt"]: r["label"] for r in rows}), RewardScorer(cfg.rewards))
+    worker.env = env_cls(env_cls.Params(), tok, "prompt", None)
+    return worker, rows
+
+
+def test_loop_fills_the_buffer_with_scored_groups(demo_assets):
+    async def main():
+        buffer = ReplayBuffer(BufferConfig(max_staleness=0), batch_groups=3)
+        worker, _ = make_worker(demo_assets, buffer)
+        run = asyncio.create_task(worker.run())
+        batch = await buffer.get_batch(3, learner_version=3, timeout=60)
+        await worker.stop()
+        await buffer.close()
+        await run
+        worker.scorer.close()
+        return batch, worker.stats()
+
+    batch, stats = asyncio.run(main())
+    assert len(batch) == 3 and stats["finished_groups"] >= 3
+    for group in batch:
+        assert [s.reward for s in group.samples] == [1.0, 0.0, 1.0, 0.0]
+        assert [s.correct for s in group.samples] == [True, False, True, False]
+        for s in group.samples:
+            assert s.versions == (3, 3) and len(s.logprobs) == len(s.completion_token_ids) == sum(s.loss_mask)
+            assert s.response.startswith("\\boxed{") and "label" not in s.metadata and "id" in s.metadata
+
+
+def test_evaluate_is_greedy_and_scored(demo_assets):
+    async def main():
+        worker, rows = make_worker(demo_assets, None)
+        flags = await worker.evaluate(rows[:5])
+        worker.scorer.close()
+        return flags
+
+    assert asyncio.run(main()) == [True] * 5  # greedy = sample 0 = the right answer
+
+
+class BrokenEnvironment(SingleTurnEnvironment):
+    async def run_group(self, row, generate, n):
+        raise KeyError("no such field")
+
+
+def test_a_worker_whose_groups_keep_failing_stops_loudly(demo_assets):
+    async def main():
+        buffer = ReplayBuffer(BufferConfig(), batch_groups=64)
+        worker, _ = make_worker(demo_assets, buffer, BrokenEnvironment)
+        try:
+            await asyncio.wait_for(worker.run(), 60)
+        finally:
+            worker.scorer.close()
+
+    with pytest.raises(RuntimeError, match=r"groups failed, 0 succeeded; last error:[\s\S]*KeyError"):
+        asyncio.run(main())
