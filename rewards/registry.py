@@ -7,16 +7,15 @@ Resolution is cached per process, so calling it again in every Ray worker is che
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import BaseModel
 
+from configs.plugins import plugin_entry_points, resolve_plugin
 from rewards.base import NoParams, Verifier, VerifyRequest, VerifyResult
 
 BUILTIN_VERIFIERS: dict[str, str] = {
@@ -30,21 +29,11 @@ _resolved: dict[str, type[Verifier] | Callable[..., Any]] = {}
 
 
 def _entry_points() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return plugin_entry_points(ENTRY_POINT_GROUP)
 
 
 def known_names() -> list[str]:
     return sorted(set(BUILTIN_VERIFIERS) | set(_entry_points()))
-
-
-def _import_target(target: str) -> Any:
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"verifier {target!r}: expected 'module:attr'")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _check(name: str, obj: Any) -> type[Verifier] | Callable[..., Any]:
@@ -61,21 +50,7 @@ def resolve_verifier(name: str) -> type[Verifier] | Callable[..., Any]:
     """A Verifier subclass or a plain function `f(request) -> float | VerifyResult`, by name."""
     if name in _resolved:
         return _resolved[name]
-    if name in BUILTIN_VERIFIERS:
-        obj = _import_target(BUILTIN_VERIFIERS[name])
-    elif ":" in name:
-        try:
-            obj = _import_target(name)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"verifier {name!r}: cannot import it ({type(e).__name__}: {e})") from None
-    else:
-        eps = _entry_points()
-        if name not in eps:
-            raise ValueError(
-                f"unknown verifier {name!r}; known: {', '.join(known_names())} "
-                "(or name one as 'module:attr')"
-            )
-        obj = eps[name].load()
+    obj = resolve_plugin(name, "verifier", BUILTIN_VERIFIERS, ENTRY_POINT_GROUP)
     _resolved[name] = _check(name, obj)
     return _resolved[name]
 
