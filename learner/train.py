@@ -126,7 +126,7 @@ def train(cfg: RunConfig, log=print) -> dict[str, Any]:
     weights_root = _shm_root(cfg.name)
     private_ray = connect_ray(cfg)
     workers: list[Any] = []
-    learner = None
+    learner = buffer = None
     try:
         rollouts = str((run_dir / "rollouts.jsonl").resolve()) if cfg.logging.save_rollouts else None
         buffer = make_buffer(cfg, rollouts)
@@ -148,7 +148,7 @@ def train(cfg: RunConfig, log=print) -> dict[str, Any]:
         log(f"run directory: {run_dir.resolve()}")
         return summary
     finally:
-        _shutdown(workers, learner, private_ray, weights_root, shm_before)
+        _shutdown(workers, [learner, buffer], private_ray, weights_root, shm_before)
 
 
 def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log) -> dict[str, Any]:
@@ -260,13 +260,14 @@ def _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, rl_
     return summary
 
 
-def _shutdown(workers, learner, private_ray: str | None, weights_root: str, shm_before: set[str]) -> None:
-    """Stop engines explicitly (a killed vLLM actor leaks /dev/shm segments), then the actors and Ray."""
+def _shutdown(workers, others, private_ray: str | None, weights_root: str, shm_before: set[str]) -> None:
+    """Stop engines explicitly (a killed vLLM actor leaks /dev/shm segments), then every actor and Ray.
+    `others` may hold None for actors never created."""
     import ray
 
     with contextlib.suppress(Exception):
         ray.get([w.shutdown.remote() for w in workers], timeout=60)
-    for actor in [*workers, learner]:
+    for actor in [*workers, *others]:
         if actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
