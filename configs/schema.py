@@ -69,6 +69,10 @@ class EngineConfig(_Strict):
     """GPU only: fraction of device memory for the engine (the learner may share the device)."""
     enforce_eager: bool = True
     """Skip CUDA-graph capture (faster start; tiny models gain nothing from graphs)."""
+    recompute_kv_on_update: bool = True
+    """After a weight update, recompute the KV of in-flight requests under the new weights. vLLM cannot
+    drop its prefix cache while requests hold blocks, so without this, new requests may reuse prompt KV
+    computed by the old weights. False keeps in-flight KV (cheaper; the partial-rollout trade-off)."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """Any other `vllm.AsyncEngineArgs` field, passed through unchanged."""
 

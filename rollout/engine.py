@@ -58,6 +58,7 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.sampling = sampling
+        self.recompute_kv_on_update = cfg.recompute_kv_on_update
         processed = sampling.temperature != 1.0 or sampling.top_p < 1.0 or sampling.top_k > 0
         self.llm = AsyncLLM.from_engine_args(_engine_args(model_path, cfg, dtype, seed, processed))
         self.version = 0
@@ -116,9 +117,11 @@ class Engine:
         await self.llm.pause_generation(mode="keep", clear_cache=False)
         try:
             await self.llm.collective_rpc("temper_reload_weights", args=(weights_dir,))
-            # Cached prefixes were computed by the old weights; running requests keep their KV (partial
-            # rollouts, as in slime/AReaL) but no new request may reuse a stale prefix.
-            await self.llm.reset_prefix_cache()
+            # Cached prefixes were computed by the old weights. vLLM resets the prefix cache only when no
+            # running request holds blocks, so by default running requests are preempted and their prompt +
+            # tokens so far re-prefilled under the new weights (the tokens and their log-probs are kept).
+            reset = await self.llm.reset_prefix_cache(reset_running_requests=self.recompute_kv_on_update)
+            assert reset or not self.recompute_kv_on_update, "prefix cache survived a weight update"
             await self.llm.update_weight_version(str(version))
             self.version = version
         finally:
