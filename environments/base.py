@@ -42,6 +42,12 @@ class Episode:
     messages: list[dict[str, Any]] | None = None
 
 
+def encode_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Token ids of `messages` under the tokenizer's chat template, ready for the assistant's turn."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,8 +72,7 @@ class Environment(ABC):
         return list(prompt)
 
     def encode_messages(self, messages: list[dict[str, Any]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return encode_chat(self.tokenizer, messages)
 
     @abstractmethod
     async def run_group(self, row: dict[str, Any], generate: Generate, n: int) -> list[Episode]:

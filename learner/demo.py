@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from configs.schema import DemoConfig
+from environments.base import encode_chat
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -106,10 +107,8 @@ def build_model(cfg: DemoConfig, tokenizer, out: Path):
 
 
 def _encode_pair(tokenizer, prompt: str, completion: str | None) -> tuple[list[int], int]:
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-    )
-    ids = tokenizer.encode(text, add_special_tokens=False)
+    # The same encoding the single-turn environment gives RL prompts, so the warm start trains on them.
+    ids = encode_chat(tokenizer, [{"role": "user", "content": prompt}])
     n_prompt = len(ids)
     if completion is not None:
         ids += tokenizer.encode(completion, add_special_tokens=False) + [tokenizer.eos_token_id]

@@ -164,15 +164,12 @@ class RolloutWorker:
         return Group(group_id, tuple(samples))
 
     def _is_correct(self, result) -> bool:
-        """Accuracy counts the rubric's correctness term (default: its first term) at full score."""
-        terms = self.cfg.rewards.terms
-        key = self.cfg.rewards.correct_term or terms[0].name or terms[0].verifier
-        part = result.breakdown.get(key)
-        if isinstance(part, dict):
-            part = part.get("score")
-        if part is None:
-            part = result.score / max(terms[0].weight, 1e-12) if len(terms) == 1 else 0.0
-        return float(part) >= 1.0
+        """Accuracy counts the rubric's correctness term (default: its first term) at full score; the
+        rubric always puts each term's own score in the breakdown under the term's name."""
+        from rewards.rubric import term_name
+
+        key = self.cfg.rewards.correct_term or term_name(self.cfg.rewards.terms[0])
+        return float(result.breakdown[key]) >= 1.0
 
     # ------------------------------------------------------------------ control
     async def update_weights(self, weights_dir: str, version: int) -> float:
