@@ -83,16 +83,18 @@ class OffPolicyConfig(_Strict):
 
     Two gaps exist: vLLM's numerics differ from the learner's, and async rollouts were sampled by older
     weights (staleness). `tis` takes the clipped ratio against the learner's pre-update policy pi_old
-    (the detached current log-probs, exact with one optimizer step per batch) and multiplies each token's
-    loss by stopgrad(min(pi_old / pi_rollout, cap)) (truncated importance sampling; the ratio is *not*
-    taken against the rollout too, which would correct the mismatch twice). `decoupled` is the same
-    formula with pi_old passed explicitly as the proximal policy (decoupled PPO); they differ only when
-    several optimizer steps reuse one batch. Exact formulas: learner/losses.py.
+    and multiplies each token's loss by stopgrad(min(pi_old / pi_rollout, cap)) (truncated importance
+    sampling; the ratio is *not* taken against the rollout too, which would correct the mismatch twice).
+    `decoupled` is the same formula with pi_old named as the proximal policy (decoupled PPO). With one
+    optimizer step per batch (learner.mini_batches * learner.epochs == 1), pi_old is the detached current
+    log-probs, so the ratio is exactly 1 and only the weight acts. With several, the learner computes pi_old
+    once before the batch's first step and both modes clip every step against it, which is then the same
+    thing: in this learner `tis` and `decoupled` train identically. Exact formulas: learner/losses.py.
     """
 
     mode: Literal["none", "tis", "decoupled"] = "tis"
-    """none: ratio against rollout log-probs, no weight; tis: ratio against the learner's detached log-probs
-    times the truncated IS weight; decoupled: ratio against the given proximal log-probs, same weight."""
+    """none: ratio against rollout log-probs, no weight; tis/decoupled: ratio against the learner's
+    pre-update log-probs times the truncated IS weight."""
     tis_cap: float = Field(2.0, gt=0)
     """Cap of the truncated importance weight."""
 
@@ -112,9 +114,10 @@ class OptimizerConfig(_Strict):
     lr: float = Field(1e-5, gt=0)
     """Peak learning rate."""
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    """Cosine decays to lr * min_lr_ratio at the last step."""
+    """Cosine decays to lr * min_lr_ratio at the last optimizer step."""
     warmup_steps: int = Field(0, ge=0)
-    """Linear warmup from 0 over this many steps."""
+    """Linear warmup from 0 over this many optimizer steps (learner.mini_batches * learner.epochs of them
+    per batch; the schedule spans learner.steps * mini_batches * epochs)."""
     schedule: Literal["cosine", "constant"] = "cosine"
     """Decay after warmup."""
     weight_decay: float = Field(0.0, ge=0)

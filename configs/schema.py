@@ -110,11 +110,20 @@ class LearnerConfig(_Strict):
     """The learner: model, optimizer, batch shape, device."""
 
     steps: int = Field(100, ge=1)
-    """Optimizer steps (= weight versions) in the run."""
+    """Training batches (= weight versions) in the run; each takes mini_batches * epochs optimizer steps."""
     batch_groups: int = Field(32, ge=1)
-    """Groups per optimizer step (batch = batch_groups * group_size samples)."""
+    """Groups per training batch (batch = batch_groups * group_size samples)."""
+    mini_batches: int = Field(1, ge=1)
+    """Optimizer steps per pass over a batch: its groups are split, in order, into this many equal
+    mini-batches of whole groups, and each mini-batch is one optimizer step with its own loss normaliser
+    (verl's ppo_mini_batch_size, as a count). batch_groups must be divisible by it."""
+    epochs: int = Field(1, ge=1)
+    """Passes over each batch (verl's ppo_epochs, TRL's num_iterations); the weights are still published
+    once per batch. With mini_batches * epochs > 1, off_policy.mode "tis"/"decoupled" clip against the policy
+    from before the batch's first step (one extra no-grad forward pass per batch)."""
     micro_batch_tokens: int = Field(8192, ge=1)
-    """Token budget per micro-batch (padding-aware: samples are packed by length under it)."""
+    """Token budget per micro-batch (padding-aware: samples are packed by length under it); micro-batches
+    accumulate gradients within one optimizer step."""
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     """AdamW and its schedule."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -123,6 +132,15 @@ class LearnerConfig(_Strict):
     """Recompute activations in backward to save memory."""
     num_threads: int = Field(1, ge=1)
     """torch CPU threads for the learner (the engine gets the other cores)."""
+
+    @model_validator(mode="after")
+    def _mini_batches_split_the_batch(self) -> LearnerConfig:
+        if self.batch_groups % self.mini_batches:
+            raise ValueError(
+                f"learner.batch_groups ({self.batch_groups}) must be divisible by learner.mini_batches "
+                f"({self.mini_batches}): every mini-batch holds the same number of whole groups"
+            )
+        return self
 
 
 class RewardTerm(_Strict):
@@ -189,6 +207,19 @@ class CheckpointConfig(_Strict):
     """Save the final policy as an HF folder in the run directory."""
 
 
+class WeightSyncConfig(_Strict):
+    """How new weights travel from the learner to the rollout engines (always through vLLM's
+    weight-transfer API; this picks the data plane)."""
+
+    backend: Literal["auto", "shm", "ipc", "nccl"] = "auto"
+    """shm = a safetensors folder in /dev/shm (any device; the only choice on CPU); ipc = CUDA IPC, engines
+    on the learner's GPU; nccl = NCCL broadcast to engines on other GPUs. auto (resolved when the config
+    loads) = shm unless both ray.learner_gpus and ray.worker_gpus are set; then ipc when both are fractions
+    of a GPU (sharing one), else nccl."""
+    packed: bool = True
+    """ipc/nccl: send weights in packed fixed-size buffers (bounded memory, fewer calls)."""
+
+
 class RayConfig(_Strict):
     """Where the run finds Ray and what each role asks of it."""
 
@@ -248,6 +279,7 @@ class RunConfig(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @model_validator(mode="after")
@@ -257,4 +289,17 @@ class RunConfig(_Strict):
                 raise ValueError("model.path is required (or enable [demo])")
             if not self.data.train:
                 raise ValueError("data.train is required (or enable [demo])")
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_weight_sync(self) -> RunConfig:
+        ws, r = self.weight_sync, self.ray
+        on_gpus = r.worker_gpus > 0 and r.learner_gpus > 0
+        if ws.backend == "auto":
+            ws.backend = "shm" if not on_gpus else "ipc" if r.worker_gpus < 1 and r.learner_gpus < 1 else "nccl"
+        elif ws.backend in ("ipc", "nccl") and not on_gpus:
+            raise ValueError(
+                f"weight_sync.backend = {ws.backend!r} moves weights between GPUs: set ray.learner_gpus and "
+                "ray.worker_gpus (or use \"shm\")"
+            )
         return self

@@ -33,6 +33,17 @@ class RemoteBuffer:
         await self.handle.put.remote(group)
 
 
+class RayEngines:
+    """The learner's `invoke` for weight sync (learner/weight_sync.py): one `weights_*` call on every
+    rollout worker actor at once; waits for all (NCCL needs every engine inside the same collective)."""
+
+    def __init__(self, workers: list[Any]) -> None:
+        self.workers = workers
+
+    def __call__(self, method: str, kwargs: list[dict[str, Any]]) -> list[Any]:
+        return ray.get([getattr(w, method).remote(**kw) for w, kw in zip(self.workers, kwargs, strict=True)])
+
+
 def make_buffer(cfg: RunConfig, rollouts_path: str | None):
     actor = ray.remote(num_cpus=0, max_concurrency=1000)(ReplayBuffer)
     return actor.remote(cfg.buffer, cfg.learner.batch_groups, rollouts_path)

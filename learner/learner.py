@@ -1,17 +1,20 @@
-"""The learner: one policy-gradient step per batch of scored groups, then publish the new weights.
+"""The learner: policy-gradient steps on each batch of scored groups, then one new weight version.
 
-Read `train_step` top to bottom: group rewards -> advantages; samples packed into padding-aware
+Read `train_step` top to bottom: group rewards -> advantages (once per batch); the groups split into
+learner.mini_batches mini-batches, each one optimizer step, for learner.epochs passes (with several steps,
+the pre-update log-probs are computed first). `_optimizer_step`: samples packed into padding-aware
 micro-batches under a token budget; per micro-batch a forward pass gives the current log-probs of the
-sampled completion tokens, the loss (learner/losses.py) is backwarded with a batch-wide normaliser so
-accumulation is exact; then clip, step, schedule. Weights are published as a safetensors folder that every
-rollout worker reloads between engine steps (what works on vLLM-CPU, see DESIGN.md; on GPU the same path
-works, through /dev/shm as well).
+sampled completion tokens, the loss (learner/losses.py) is backwarded with a normaliser over the step's
+mini-batch so accumulation is exact; then clip, step, schedule. `sync_weights` then pushes the new
+weights into every rollout engine through vLLM's weight-transfer API (learner/weight_sync.py: a /dev/shm
+folder on CPU, CUDA IPC or NCCL on GPUs), between engine steps.
 
-A plain class: tests use it directly; learner/ray_actors.py makes it a Ray actor.
+A plain class: tests use it directly; learner/actors.py makes it a Ray actor.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import time
@@ -91,75 +94,70 @@ class Learner:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
         )
+        optimizer_steps = lc.steps * lc.mini_batches * lc.epochs  # the scheduler steps with the optimizer
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_lambda(s, opt.warmup_steps, lc.steps, opt.schedule, opt.min_lr_ratio),
+            lambda s: lr_lambda(s, opt.warmup_steps, optimizer_steps, opt.schedule, opt.min_lr_ratio),
         )
         self.version = 0
+        self.engines = self.transfer = None  # set by connect_engines
         self.weights_root = Path(weights_root)
         self.weights_root.mkdir(parents=True, exist_ok=True)
 
-    # ------------------------------------------------------------------ one step
+    # ------------------------------------------------------------------ one batch
     def train_step(self, groups: list[Group]) -> dict[str, Any]:
+        """One batch of scored groups -> mini_batches * epochs optimizer steps -> one new weight version."""
         t0 = time.perf_counter()
-        algo = self.cfg.algorithm
+        algo, lc = self.cfg.algorithm, self.cfg.learner
         samples = [s for g in groups for s in g.samples]
         rewards_GN = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
-        adv = compute_advantages(rewards_GN, algo.advantage).flatten()  # [B], sample order
+        adv = compute_advantages(rewards_GN, algo.advantage).flatten()  # [B], sample order; over whole groups
 
+        # One plan per optimizer step: its mini-batch of whole groups, packed into micro-batches.
         lengths = [len(s.prompt_token_ids) + len(s.completion_token_ids) for s in samples]
-        plan = plan_micro_batches(lengths, self.cfg.learner.micro_batch_tokens)
-        masks = {tuple(mb): pad_right([list(samples[i].loss_mask) for i in mb], 0.0) for mb in map(tuple, plan)}
-        normalizer = loss_normalizer(algo, list(masks.values()))
+        plans = [
+            [[mini[j] for j in mb] for mb in plan_micro_batches([lengths[i] for i in mini], lc.micro_batch_tokens)]
+            for mini in self._mini_batches(groups)
+        ]
+        # The pre-update policy. With one step it is the current one, detached, inside that step; with
+        # several, later steps run on updated weights, so it is computed once, before the first update.
+        prox = None
+        if algo.off_policy.mode != "none" and lc.mini_batches * lc.epochs > 1:
+            prox = self._pre_update_logprobs(samples, plans)
 
         summed: dict[str, torch.Tensor] = {}
-        onpolicy_err, onpolicy_tokens = 0.0, 0
-        for mb in map(tuple, plan):
-            mb_samples = [samples[i] for i in mb]
-            logp_BT, entropy_BT = sequence_logprobs(self.model, mb_samples, self.pad_id, algo.entropy_coef > 0)
-            ref_BT = None
-            if self.ref_model is not None:
-                with torch.no_grad():
-                    ref_BT, _ = sequence_logprobs(self.ref_model, mb_samples, self.pad_id, False)
-            batch = PolicyBatch(
-                logp_BT=logp_BT,
-                rollout_logp_BT=pad_right([list(s.logprobs) for s in mb_samples], 0.0).to(self.device),
-                # One optimizer step per batch: the pre-update policy is the current one, detached.
-                prox_logp_BT=logp_BT.detach() if algo.off_policy.mode == "decoupled" else None,
-                ref_logp_BT=ref_BT,
-                entropy_BT=entropy_BT,
-                adv_B=adv[list(mb)].to(self.device),
-                mask_BT=masks[mb].to(self.device),
-            )
-            loss, metrics = policy_loss(batch, algo, normalizer)
-            loss.backward()
-            summed = accumulate_metrics(summed, metrics)
-            # Engine-vs-learner numerics alone: samples sampled entirely by the weights the learner holds
-            # now (stale samples also differ by the policy change, which logp_mismatch includes).
-            fresh_B = torch.tensor([s.versions == (self.version, self.version) for s in mb_samples], device=self.device)
-            fresh_BT = batch.mask_BT * fresh_B[:, None]
-            onpolicy_err += float(((batch.rollout_logp_BT - logp_BT.detach()).abs() * fresh_BT).sum())
-            onpolicy_tokens += int(fresh_BT.sum())
-
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.optimizer.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        first: dict[str, torch.Tensor] = {}
+        grad_norms: list[float] = []
+        for _ in range(lc.epochs):
+            for plan in plans:
+                step_metrics, grad_norm = self._optimizer_step(samples, adv, plan, prox)
+                summed = accumulate_metrics(summed, step_metrics)
+                first = first or step_metrics
+                grad_norms.append(grad_norm)
+        fresh_tokens = sum(sum(s.loss_mask) for s in samples if s.versions == (self.version, self.version))
         self.version += 1
 
         seconds = time.perf_counter() - t0
         trained = sum(sum(s.loss_mask) for s in samples)
-        padded = sum(len(mb) * max(lengths[i] for i in mb) for mb in plan)
+        first_fresh_tokens = float(first["onpolicy_tokens"])
+        onpolicy_mismatch = float(first["onpolicy_err_sum"]) / first_fresh_tokens if first_fresh_tokens else None
+        padded = sum(len(mb) * max(lengths[i] for i in mb) for plan in plans for mb in plan)
+        loss_metrics = finalize_metrics(summed, steps=len(grad_norms))
+        # Engine-vs-learner numerics only from the first step: its forwards are the only ones made by the
+        # weights that the rollout log-probs are compared against (later steps' by updated weights).
+        loss_metrics["logp_mismatch"] = finalize_metrics(first)["logp_mismatch"]
         return {
-            **{f"learner/{k}": v for k, v in finalize_metrics(summed).items()},
-            "learner/grad_norm": float(grad_norm),
-            "learner/logp_mismatch_onpolicy": onpolicy_err / onpolicy_tokens if onpolicy_tokens else None,
-            "learner/onpolicy_frac": onpolicy_tokens / max(1, trained),
+            **{f"learner/{k}": v for k, v in loss_metrics.items()},
+            "learner/grad_norm": sum(grad_norms) / len(grad_norms),
+            "learner/grad_norm_max": max(grad_norms),
+            "learner/optimizer_steps": len(grad_norms),
+            "learner/logp_mismatch_onpolicy": onpolicy_mismatch,
+            "learner/onpolicy_frac": fresh_tokens / max(1, trained),
             "learner/lr": self.scheduler.get_last_lr()[0],
-            "learner/micro_batches": len(plan),
+            "learner/micro_batches": sum(len(plan) for plan in plans),  # per pass over the batch
             "learner/padding_frac": 1 - sum(lengths) / max(1, padded),
             "learner/seconds": seconds,
-            "learner/tokens_per_s": sum(lengths) / seconds,
+            "learner/tokens_per_s": lc.epochs * sum(lengths) / seconds,
             "reward/mean": float(rewards_GN.mean()),
             "reward/accuracy": sum(s.correct for s in samples) / len(samples),
             "reward/errors": sum(s.error is not None for s in samples),
@@ -169,27 +167,99 @@ class Learner:
             "version": self.version,
         }
 
+    def _mini_batches(self, groups: list[Group]) -> list[list[int]]:
+        """Sample indices of each mini-batch: learner.mini_batches consecutive, equal runs of whole groups."""
+        n = self.cfg.learner.mini_batches
+        if len(groups) % n:
+            raise ValueError(f"{len(groups)} groups do not split into learner.mini_batches = {n} equal parts")
+        starts = list(itertools.accumulate((len(g.samples) for g in groups), initial=0))
+        per = len(groups) // n
+        return [list(range(starts[k * per], starts[(k + 1) * per])) for k in range(n)]
+
+    @torch.no_grad()
+    def _pre_update_logprobs(self, samples: list[Sample], plans: list[list[list[int]]]) -> list[list[float]]:
+        """Each sample's completion log-probs under the current weights, in the first epoch's micro-batches."""
+        logprobs: list[list[float]] = [[] for _ in samples]
+        for mb in (mb for plan in plans for mb in plan):
+            rows = sequence_logprobs(self.model, [samples[i] for i in mb], self.pad_id, False)[0].tolist()
+            for i, row in zip(mb, rows):
+                logprobs[i] = row[: len(samples[i].completion_token_ids)]
+        return logprobs
+
+    def _optimizer_step(
+        self, samples: list[Sample], adv: torch.Tensor, plan: list[list[int]], prox: list[list[float]] | None
+    ) -> tuple[dict[str, torch.Tensor], float]:
+        """One optimizer step on the samples of `plan` (micro-batches of indices into `samples`).
+
+        The loss normaliser spans this step's micro-batches only, so their accumulated gradients are exactly
+        the gradient of this step's own batch loss. `prox` holds each sample's pre-update log-probs, or None
+        when this is the batch's only step. Returns the step's summed metrics (the loss's, plus the on-policy
+        mismatch sums) and its gradient norm before clipping.
+        """
+        algo = self.cfg.algorithm
+        masks = [pad_right([list(samples[i].loss_mask) for i in mb], 0.0) for mb in plan]
+        normalizer = loss_normalizer(algo, masks)
+        summed: dict[str, torch.Tensor] = {}
+        for mb, mask_BT in zip(plan, masks):
+            mb_samples = [samples[i] for i in mb]
+            logp_BT, entropy_BT = sequence_logprobs(self.model, mb_samples, self.pad_id, algo.entropy_coef > 0)
+            ref_BT = None
+            if self.ref_model is not None:
+                with torch.no_grad():
+                    ref_BT, _ = sequence_logprobs(self.ref_model, mb_samples, self.pad_id, False)
+            # Not precomputed: either this is the batch's only step, so the current policy is the pre-update
+            # one, or mode "none", where it only feeds the logp_mismatch metric (read off the first step).
+            prox_BT = logp_BT.detach() if prox is None else pad_right([prox[i] for i in mb], 0.0).to(self.device)
+            batch = PolicyBatch(
+                logp_BT=logp_BT,
+                rollout_logp_BT=pad_right([list(s.logprobs) for s in mb_samples], 0.0).to(self.device),
+                prox_logp_BT=prox_BT,
+                ref_logp_BT=ref_BT,
+                entropy_BT=entropy_BT,
+                adv_B=adv[mb].to(self.device),
+                mask_BT=mask_BT.to(self.device),
+            )
+            loss, metrics = policy_loss(batch, algo, normalizer)
+            loss.backward()
+            # Engine-vs-learner numerics alone: samples sampled entirely by the weights the learner held
+            # before this batch (stale samples also differ by the policy change, which logp_mismatch includes).
+            fresh_B = torch.tensor([s.versions == (self.version, self.version) for s in mb_samples], device=self.device)
+            fresh_BT = batch.mask_BT * fresh_B[:, None]
+            err_BT = (batch.rollout_logp_BT - logp_BT.detach()).abs() * fresh_BT
+            metrics["onpolicy_err_sum"] = err_BT.sum().double()
+            metrics["onpolicy_tokens"] = fresh_BT.sum().double()
+            summed = accumulate_metrics(summed, metrics)
+
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.optimizer.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return summed, float(grad_norm)
+
     # ------------------------------------------------------------------ weights out
-    def state_for_engine(self) -> dict[str, torch.Tensor]:
-        """HF-named tensors as the checkpoint has them (tied lm_head omitted: it is the embedding)."""
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
-        if getattr(self.model.config, "tie_word_embeddings", False):
-            state.pop("lm_head.weight", None)
-        return state
+    def prepare_sync(self) -> None:
+        """Import vLLM's weight-transfer code (~11 s of CPU) now, while the engines start."""
+        import learner.weight_sync  # noqa: F401
 
-    def publish(self) -> str:
-        """Write the current weights for the engines; keep only this version and the previous one."""
-        from safetensors.torch import save_file
+    def connect_engines(self, invoke, num_engines: int, engine_world_size: int = 1) -> str:
+        """Handshake with the rollout engines through vLLM's weight-transfer API (learner/weight_sync.py).
 
-        out = self.weights_root / f"v{self.version}"
-        tmp = self.weights_root / f".v{self.version}.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_file(self.state_for_engine(), str(tmp / "model.safetensors"))
-        tmp.rename(out)
-        for old in self.weights_root.glob("v*"):
-            if old.name != out.name and old.name != f"v{self.version - 1}":
-                shutil.rmtree(old, ignore_errors=True)
-        return str(out)
+        invoke(method, kwargs per engine) calls one `weights_*` method on every engine and waits."""
+        from learner.weight_sync import EngineClient, connect
+
+        ws = self.cfg.weight_sync
+        self.engines = EngineClient(invoke, num_engines, engine_world_size)
+        self.transfer = connect(
+            ws.backend, self.model, DTYPES[self.cfg.model.dtype], self.engines, str(self.weights_root), ws.packed
+        )
+        return ws.backend
+
+    def sync_weights(self) -> float:
+        """Push the current weights to every engine as `self.version`; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.engines.version = self.version
+        self.transfer.send_weights()
+        return time.perf_counter() - t0
 
     def save_hf(self, out_dir: str) -> str:
         """The policy as an ordinary HF folder (model + tokenizer), loadable by transformers and vLLM."""
@@ -209,4 +279,6 @@ class Learner:
         return out_dir
 
     def cleanup(self) -> None:
+        if self.transfer is not None:
+            self.transfer.shutdown()
         shutil.rmtree(self.weights_root, ignore_errors=True)

@@ -1,18 +1,22 @@
 """Policy losses of the GRPO family as pure tensor math over one micro-batch, exact under accumulation.
 
-The learner splits a batch into micro-batches (whole samples only), calls `policy_loss` on each and
-backwards each result. The sum of those gradients is *exactly* the gradient of the whole-batch loss for
-every aggregation mode, because every normaliser that spans samples is computed once, up front, by
-`loss_normalizer` over all micro-batches' masks; the only per-micro-batch division is by a sample's own
-token count, which never crosses a micro-batch boundary.
+The learner takes one or more optimizer steps per rollout batch (learner.mini_batches * learner.epochs);
+each step's samples (the whole batch, or one mini-batch of whole groups) are "the batch" of this module.
+It splits them into micro-batches (whole samples only), calls `policy_loss` on each and backwards each
+result. The sum of those gradients is *exactly* the gradient of the whole-batch loss for every aggregation
+mode, because every normaliser that spans samples is computed once, up front, by `loss_normalizer` over all
+micro-batches' masks; the only per-micro-batch division is by a sample's own token count, which never
+crosses a micro-batch boundary.
 
 Notation, per trained token t of sample i (mask = 1; padding and tool/environment tokens have mask = 0 and
 contribute nothing, whatever values they hold -- even inf/NaN):
     logp      current policy log-prob (carries the gradient)
     rollout   the rollout engine's log-prob of the sampled token (behaviour policy mu)
-    learner   the learner's pre-update view: prox_logp when given, else stopgrad(logp). The learner takes
-              one optimizer step per batch, so at the time the loss is computed stopgrad(logp) *is* the
-              pre-update policy and no extra forward pass is needed.
+    learner   the learner's pre-update view: prox_logp when given, else stopgrad(logp). With one optimizer
+              step per rollout batch, stopgrad(logp) *is* the pre-update policy and no extra forward pass
+              is needed. With several, every step after the first runs on updated weights, so the learner
+              computes the log-probs of the weights from before the first step once, without gradient,
+              and passes them as prox_logp to every step, in both "tis" and "decoupled".
     old       rollout             if off_policy.mode == "none"
               learner             if off_policy.mode in ("tis", "decoupled")
     ratio     exp(logp - old)
@@ -24,10 +28,11 @@ already carries the factor pi/old; with old = rollout *and* a weight pi_learner/
 would be corrected twice ((pi/mu)^2). Following Yao et al. 2025 ("Your efficient RL framework secretly
 brings you off-policy RL training"), the ratio is against the learner's own old policy and the truncated
 weight alone corrects for the engine (numerics and staleness). "decoupled" (Hilton et al. 2021, AReaL) is
-the same formula with a proximal policy the learner must pass explicitly (`prox_logp_BT`): it differs from
-"tis" only when the learner takes more than one optimizer step on the same rollouts, where
-stopgrad(logp) would drift away from the pre-update policy. "none" clips against the rollout directly,
-which is the trust region of plain async GRPO and has no separate mismatch weight.
+the same formula with a proximal policy the caller must pass explicitly (`prox_logp_BT`; "tis" falls back
+to stopgrad(logp), which is the pre-update policy only before the first update). The two differ only when
+several optimizer steps reuse the same rollouts and "tis" is given no prox_logp; the learner passes it to
+both, so there they train identically. "none" clips against the rollout directly, which is the trust region
+of plain async GRPO and has no separate mismatch weight.
 
 Per-token losses (A = the sample's advantage):
     clip   l_t = w * max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high))         (PPO, DAPO)
@@ -40,7 +45,8 @@ each sample by its length (sum_i n_i l_i / N_tokens); constant gives sum_i n_i l
 The weight w stays per token for every loss type (for GSPO the sample's weight is thus the mean of its
 tokens' truncated weights under seq_mean_token_mean).
 
-Aggregation of any per-token quantity x (the policy loss, the KL, the entropy), over the WHOLE batch:
+Aggregation of any per-token quantity x (the policy loss, the KL, the entropy), over the WHOLE batch of
+one optimizer step:
     token_mean           sum_{i,t} m x / N_tokens                                         (DAPO)
     seq_mean_token_mean  sum_i (sum_t m x / n_i) / N_samples
     constant             sum_{i,t} m x / (N_samples * constant_normalizer)               (Dr.GRPO)
@@ -71,7 +77,8 @@ class PolicyBatch:
     rollout_logp_BT: Tensor
     """The rollout engine's log-probs of the same tokens (behaviour policy)."""
     prox_logp_BT: Tensor | None = None
-    """Learner's pre-update log-probs (no grad); required for off_policy.mode == "decoupled"."""
+    """Learner's pre-update log-probs (no grad); required for off_policy.mode == "decoupled", and "tis" uses
+    stopgrad(logp_BT) without them."""
     ref_logp_BT: Tensor | None = None
     """Frozen reference model's log-probs; required when kl.coef > 0."""
     entropy_BT: Tensor | None = None
@@ -91,7 +98,7 @@ class PolicyBatch:
 
 
 def loss_normalizer(cfg: AlgorithmConfig, masks: list[Tensor]) -> float:
-    """The batch-wide denominator of the loss, from every micro-batch's mask_BT (call once per step)."""
+    """The batch-wide denominator of the loss, from every micro-batch's mask_BT (once per optimizer step)."""
     tokens = sum(float(m.double().sum()) for m in masks)
     samples = sum(int((m.sum(dim=-1) > 0).sum()) for m in masks)
     by_mode = {
@@ -247,10 +254,13 @@ def accumulate_metrics(total: dict[str, Tensor], micro: dict[str, Tensor]) -> di
     return out
 
 
-def finalize_metrics(summed: dict[str, Tensor]) -> dict[str, float]:
-    """Summed metrics of a whole step -> reported values (per trained token; `loss` is the batch loss).
+def finalize_metrics(summed: dict[str, Tensor], steps: int = 1) -> dict[str, float]:
+    """Summed metrics of `steps` optimizer steps -> reported values.
 
-    `kl` and `entropy` appear only when the micro-batches carried reference log-probs / entropies.
+    Per-token values are means over every token trained in any of the steps (a token trained in two epochs
+    counts twice), `ratio_max` the max over all of them, `tokens` that count of trained tokens, and `loss`
+    the mean of the steps' losses (each step's loss is its own batch loss). `kl` and `entropy` appear only
+    when the micro-batches carried reference log-probs / entropies.
     """
     tokens = max(float(summed["tokens"]), 1.0)
     out = {
@@ -260,7 +270,7 @@ def finalize_metrics(summed: dict[str, Tensor]) -> dict[str, float]:
         "ratio_max": float(summed["ratio_max"]),
         "tis_truncated_frac": float(summed["tis_truncated_sum"]) / tokens,
         "logp_mismatch": float(summed["logp_mismatch_sum"]) / tokens,
-        "loss": float(summed["loss_sum"]),
+        "loss": float(summed["loss_sum"]) / steps,
         "tokens": float(summed["tokens"]),
     }
     if "kl_sum" in summed:

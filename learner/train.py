@@ -4,8 +4,8 @@
     for step in 1..N:
         batch  = buffer.get_batch(batch_groups, version)     # waits; drops stale groups
         metrics = learner.train_step(batch)                   # GRPO-family loss, one optimizer step
-        path   = learner.publish()                            # safetensors folder
-        workers.update_weights(path, version + 1)             # between engine steps; requests survive
+        learner.sync_weights()                                # vLLM weight-transfer API: shm / ipc / nccl
+                                                              # between engine steps; requests survive
         buffer.set_version(version + 1)                       # opens the staleness throttle
 
 Workers never wait for the learner except through the buffer's throttle, so generation overlaps training
@@ -114,7 +114,7 @@ def train(cfg: RunConfig, log=print) -> dict[str, Any]:
     """Run a whole job; returns the summary that is also written to RUN_DIR/summary.json."""
     import ray
 
-    from learner.actors import make_buffer, make_learner, make_workers
+    from learner.actors import RayEngines, make_buffer, make_learner, make_workers
     from rollout.worker import load_rows
 
     cfg = prepare(cfg, log=log)
@@ -133,8 +133,10 @@ def train(cfg: RunConfig, log=print) -> dict[str, Any]:
         workers = make_workers(cfg, buffer)
         learner = make_learner(cfg, weights_root)
         t0 = time.time()
-        ray.get([w.start.remote() for w in workers] + [learner.publish.remote()])
-        log(f"{len(workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s")
+        ray.get([w.start.remote() for w in workers] + [learner.prepare_sync.remote()])
+        ray.get(learner.connect_engines.remote(RayEngines(workers), len(workers)))
+        log(f"{len(workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s"
+            f" (weight sync: {cfg.weight_sync.backend})")
 
         eval_rows = load_rows(cfg.data.eval) if cfg.data.eval else []
         evals: list[dict[str, Any]] = []
@@ -181,9 +183,8 @@ def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log) -> dict
                     raise RunError(str(e.cause)) from None
                 raise
             t_sync = time.time()
-            path = ray.get(learner.publish.remote())
+            ray.get(learner.sync_weights.remote())
             version = m["version"]
-            ray.get([w.update_weights.remote(path, version) for w in workers])
             ray.get(buffer.set_version.remote(version))
             sync_seconds = time.time() - t_sync
             stats = ray.get([w.stats.remote() for w in workers])

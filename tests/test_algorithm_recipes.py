@@ -1,13 +1,13 @@
 """Every algorithm recipe trains 2 real steps: the session's real vLLM engine samples groups, the real
-math verifier scores them, the learner built from the recipe takes a step, and its weights are reloaded
-into the engine before the next one. (The Ray plumbing around this is the same for every recipe and
+math verifier scores them, the learner built from the recipe takes a step, and its weights reach the
+engine through vLLM's weight-transfer API (the shm backend) before the next one. (The Ray plumbing around this is the same for every recipe and
 runs in tests/test_train_job.py.)"""
 
 import asyncio
 import math
 
 import pytest
-from conftest import REPO, tiny_overrides
+from conftest import REPO, local_engines, tiny_overrides
 
 from configs.load import load_config
 from learner.learner import Learner
@@ -26,6 +26,7 @@ def test_recipe_trains_two_real_steps(recipe, tmp_path, demo_assets, shared_engi
     engine = shared_engine
     engine.run(engine.load_weights(cfg.model.path, 0))  # start from the model the learner loads
     learner = Learner(cfg, str(tmp_path / "weights"))
+    learner.connect_engines(local_engines(engine), 1)
     worker = RolloutWorker(cfg, 0, None)
     with RewardScorer(cfg.rewards) as scorer:
         worker.attach(engine, scorer)
@@ -38,7 +39,7 @@ def test_recipe_trains_two_real_steps(recipe, tmp_path, demo_assets, shared_engi
         for step in (1, 2):
             groups = engine.run(groups_of(step))
             steps.append(learner.train_step(list(groups)))
-            engine.run(engine.load_weights(learner.publish(), learner.version))
+            learner.sync_weights()
     assert [m["version"] for m in steps] == [1, 2]
     for m in steps:
         assert math.isfinite(m["learner/loss"]) and math.isfinite(m["learner/grad_norm"])

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import torch
+from conftest import hf_logprobs, prompt_ids
 
 pytestmark = pytest.mark.slow
 
@@ -13,20 +14,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def engine(shared_engine):
     return shared_engine
-
-
-def hf_logprobs(model, prompt_ids, completion_ids) -> list[float]:
-    ids = torch.tensor([list(prompt_ids) + list(completion_ids)])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-    n = len(prompt_ids)
-    return [logp[n - 1 + j, t].item() for j, t in enumerate(completion_ids)]
-
-
-def prompt_ids(engine, text="What is 12 + 34?"):
-    tok = engine.tokenizer
-    chat = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
-    return tok.encode(chat, add_special_tokens=False)
 
 
 def test_sampled_logprobs_match_hf(engine, demo_assets):

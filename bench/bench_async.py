@@ -1,0 +1,70 @@
+"""Async vs sync RL: the demo recipe for N steps with max_staleness = 1 (generation overlaps training) and
+with max_staleness = 0 (sync: workers wait for each new version), same machine, same run of this script.
+
+Each job is a real `temper train` (private Ray cluster, one vLLM rollout worker, the learner, weight sync
+through vLLM's transfer API). Reported per mode: RL seconds for the steps (the loop only: no engine start,
+no before/after eval), steps/s, generated tokens/s, mean staleness, and held-out accuracy before/after
+(n = all held-out rows). The ratio is async steps/s over sync steps/s. Modes alternate across repeats so
+machine drift hits both.
+
+    python bench/bench_async.py [--steps 40] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from configs.load import load_config
+from learner.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_job(staleness: int, steps: int, run_dir: str) -> dict:
+    cfg = load_config(
+        REPO / "configs" / "demo.toml",
+        [f"buffer.max_staleness={staleness}", f"learner.steps={steps}", "eval.every_steps=0",
+         "logging.progress_bar=false", f"logging.run_dir={json.dumps(run_dir)}", "checkpoint.save_final=false",
+         f"name=\"bench-staleness{staleness}\""],
+    )
+    summary = train(cfg, log=lambda *_: None)
+    return {
+        "rl_seconds": summary["rl_seconds"],
+        "steps_per_s": summary["steps"] / summary["rl_seconds"],
+        "tokens_per_s": summary["means"]["rollout/tokens_per_s"],
+        "staleness": summary["means"]["buffer/staleness_mean"],
+        "before": summary["heldout_before"]["accuracy"],
+        "after": summary["heldout_after"]["accuracy"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+
+    results: dict[str, list[dict]] = {"sync": [], "async": []}
+    with tempfile.TemporaryDirectory(prefix="temper-bench-async-") as run_dir:
+        for r in range(args.repeats):
+            order = [("sync", 0), ("async", 1)] if r % 2 == 0 else [("async", 1), ("sync", 0)]
+            for mode, staleness in order:
+                res = one_job(staleness, args.steps, run_dir)
+                results[mode].append(res)
+                print(f"{mode:>5}: {args.steps} steps in {res['rl_seconds']:.1f}s = {res['steps_per_s']:.2f} steps/s, "
+                      f"{res['tokens_per_s']:.0f} tok/s, staleness {res['staleness']:.2f}, "
+                      f"held-out {res['before']:.1%} -> {res['after']:.1%}", flush=True)
+
+    def med(mode: str, key: str) -> float:
+        return statistics.median(x[key] for x in results[mode])
+
+    print(f"\nasync / sync steps/s: {med('async', 'steps_per_s') / med('sync', 'steps_per_s'):.2f}x "
+          f"(median of {args.repeats}); tokens/s {med('async', 'tokens_per_s') / med('sync', 'tokens_per_s'):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Weight sync through vLLM's weight-transfer API (learner/weight_sync.py).
+
+The protocol with recording engines (what each engine is asked, in what order, with which NCCL ranks),
+then the real thing: a learner step pushed into the session's vLLM engine through the temper_shm backend,
+after which the engine's log-probs are the learner's to fp32 precision and carry the new version."""
+
+import pytest
+import torch
+from conftest import hf_logprobs, local_engines, prompt_ids
+from test_learner import make_cfg, sample_from
+
+from learner.learner import Learner
+from rollout.types import Group
+
+
+class Recorder:
+    """Engines that only write down the calls they get."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, dict]] = []
+
+    def __call__(self, method, kwargs):
+        self.calls.extend((method, i, kw) for i, kw in enumerate(kwargs))
+        return [None] * len(kwargs)
+
+
+def test_shm_sync_protocol_versions_and_pruning(demo_assets, tmp_path):
+    from safetensors.torch import load_file
+
+    learner = Learner(make_cfg(demo_assets), str(tmp_path / "w"))
+    engines = Recorder()
+    assert learner.connect_engines(engines, num_engines=2) == "shm"  # auto on CPU
+    assert engines.calls == [("weights_init", 0, {"init_info": {}}), ("weights_init", 1, {"init_info": {}})]
+
+    paths = []
+    for version in (1, 2, 3):
+        engines.calls.clear()
+        learner.version = version
+        learner.sync_weights()
+        methods = [(m, i) for m, i, _ in engines.calls]
+        assert methods == [("weights_start", 0), ("weights_start", 1), ("weights_update", 0), ("weights_update", 1),
+                           ("weights_finish", 0), ("weights_finish", 1)]
+        assert engines.calls[-1][2] == {"version": version}
+        paths.append(engines.calls[2][2]["update_info"]["path"])
+    tensors = load_file(f"{paths[-1]}/model.safetensors")
+    assert "model.embed_tokens.weight" in tensors and "lm_head.weight" not in tensors  # tied: sent once
+    assert torch.equal(tensors["model.norm.weight"], learner.model.model.norm.weight.detach())
+    assert [p.name for p in (tmp_path / "w").iterdir()] == ["send-3"]  # older versions pruned
+    learner.cleanup()
+    assert not (tmp_path / "w").exists()
+
+
+def test_nccl_ranks_one_group_for_all_engines():
+    """vLLM's NCCL trainer puts every engine at rank_offset 1; with several engines each needs its own ranks."""
+    from learner.weight_sync import EngineClient
+
+    engines = Recorder()
+    client = EngineClient(engines, num_engines=3, engine_world_size=2)  # e.g. 3 engines of tensor-parallel 2
+    client.init_weight_transfer_engine({"master_port": 1234, "rank_offset": 1, "world_size": 7})
+    offsets = [kw["init_info"]["rank_offset"] for _, _, kw in engines.calls]
+    assert offsets == [1, 3, 5]  # learner = rank 0; engine i holds ranks 1 + 2i and 2 + 2i of 7
+    assert {kw["init_info"]["world_size"] for _, _, kw in engines.calls} == {7}
+
+
+def test_unknown_backend_is_a_clear_error(demo_assets, tmp_path):
+    cfg = make_cfg(demo_assets).model_copy(deep=True)
+    cfg.weight_sync.backend = "carrier-pigeon"
+    learner = Learner(cfg, str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="weight_sync.backend"):
+        learner.connect_engines(Recorder(), 1)
+
+
+@pytest.mark.slow
+def test_learner_step_reaches_the_real_engine(demo_assets, tmp_path, shared_engine):
+    engine = shared_engine
+    engine.run(engine.load_weights(demo_assets["model"], 0))  # the weights the learner starts from
+    cfg = make_cfg(demo_assets, optimizer={"lr": 1e-2})
+    cfg.weight_sync.backend = "shm"
+    learner = Learner(cfg, str(tmp_path / "w"))
+    assert learner.connect_engines(local_engines(engine), 1) == "shm"
+    group = Group("g", (sample_from(learner, "g", 0, [70, 71], 1.0), sample_from(learner, "g", 1, [80], 0.0)))
+    learner.train_step([group])
+    ids = prompt_ids(engine, "What is 3 + 4?")
+    (before,) = engine.run(engine.generate(ids, 1, greedy=True))
+
+    try:
+        seconds = learner.sync_weights()
+        (after,) = engine.run(engine.generate(ids, 1, greedy=True))
+    finally:
+        engine.run(engine.load_weights(demo_assets["model"], 0))  # leave the shared engine as found
+    learner.model.eval()
+    expected = hf_logprobs(learner.model, ids, after.token_ids)
+    assert after.versions == (1, 1)
+    assert after.logprobs == pytest.approx(expected, abs=1e-4)  # the engine now computes the learner's policy
+    assert before.logprobs != pytest.approx(hf_logprobs(learner.model, ids, before.token_ids), abs=1e-4)
+    print(f"shm weight sync: {seconds * 1000:.0f} ms")
