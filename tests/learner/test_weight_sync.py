@@ -94,3 +94,18 @@ def test_learner_step_reaches_the_real_engine(demo_assets, tmp_path, shared_engi
     assert after.logprobs == pytest.approx(expected, abs=1e-4)  # the engine now computes the learner's policy
     assert before.logprobs != pytest.approx(hf_logprobs(learner.model, ids, before.token_ids), abs=1e-4)
     print(f"shm weight sync: {seconds * 1000:.0f} ms")
+
+
+def test_gpu_backends_handshake_info_and_cpu_refusal(demo_assets, tmp_path):
+    """What the learner would send for ipc/nccl (built on CPU; the transfer itself is in test_gpu_path.py)."""
+    from learner.weight_sync import EngineClient, trainer_init_info
+
+    client = EngineClient(Recorder(), num_engines=3, engine_world_size=2)
+    nccl = trainer_init_info("nccl", client, str(tmp_path), packed=True)
+    assert (nccl.rank, nccl.world_size, nccl.packed) == (0, 7, True) and nccl.master_port > 0  # 1 + 3 * 2 ranks
+    assert trainer_init_info("ipc", client, str(tmp_path), packed=False).packed is False
+    cfg = make_cfg(demo_assets).model_copy(deep=True)
+    cfg.weight_sync.backend = "ipc"
+    learner = Learner(cfg, str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="learner is on cpu"):
+        learner.connect_engines(Recorder(), 1)
