@@ -68,8 +68,8 @@ def make_workers(cfg: RunConfig, buffer_handle: Any) -> list[Any]:
     return workers
 
 
-def make_learner(cfg: RunConfig, weights_root: str):
+def make_learner(cfg: RunConfig, weights_root: str, resume_from: str | None = None):
     actor = ray.remote(num_cpus=cfg.ray.learner_cpus, num_gpus=cfg.ray.learner_gpus)(Learner)
     # Busy-waiting OpenMP threads cost ~6x on a shared 2-core box (measured in bench_learner_batching.py).
     env = {"TQDM_DISABLE": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    return actor.options(runtime_env={"env_vars": env}).remote(cfg, weights_root)
+    return actor.options(runtime_env={"env_vars": env}).remote(cfg, weights_root, resume_from)

@@ -19,14 +19,20 @@ def _train(argv: list[str]) -> int:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config field, e.g. --set learner.optimizer.lr=1e-4 (repeatable)",
     )
+    parser.add_argument(
+        "--resume", metavar="CHECKPOINT", default=None,
+        help="continue from a checkpoint folder (RUN_DIR/checkpoints/step-N, see checkpoint.every_steps)",
+    )
     args = parser.parse_args(argv)
     from configs.load import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
-        from learner.train import prepare
+        from learner.train import prepare, read_checkpoint
 
         prepare(cfg)  # cheap config/path/plugin checks before Ray or torch-heavy work
+        if args.resume:
+            read_checkpoint(args.resume, cfg)
     except ConfigError as e:
         print(f"temper train: {e}", file=sys.stderr)
         return 2
@@ -35,7 +41,7 @@ def _train(argv: list[str]) -> int:
     # `kill` and `ray job stop` send SIGTERM: treat it like Ctrl-C so the same cleanup runs.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        train(cfg)
+        train(cfg, resume=args.resume)
     except ConfigError as e:
         print(f"temper train: {e}", file=sys.stderr)
         return 2

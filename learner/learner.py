@@ -29,6 +29,7 @@ from learner.batching import pad_right, plan_micro_batches
 from learner.losses import PolicyBatch, accumulate_metrics, finalize_metrics, loss_normalizer, policy_loss
 from rollout.types import Group, Sample
 
+LEARNER_STATE = "learner_state.pt"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -68,7 +69,10 @@ def sequence_logprobs(
 
 
 class Learner:
-    def __init__(self, cfg: RunConfig, weights_root: str) -> None:
+    """resume_from: a checkpoint folder (save_checkpoint) to continue from: its weights, optimizer, lr
+    schedule and version. The KL reference stays model.path."""
+
+    def __init__(self, cfg: RunConfig, weights_root: str, resume_from: str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
@@ -80,7 +84,8 @@ class Learner:
             self.device = torch.device("cpu")
             torch.set_num_threads(lc.num_threads)
         dtype = DTYPES[cfg.model.dtype]
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype).to(self.device)
+        policy_path = resume_from or cfg.model.path
+        self.model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype).to(self.device)
         self.model.train()
         if lc.activation_checkpointing:
             self.model.gradient_checkpointing_enable()
@@ -100,6 +105,11 @@ class Learner:
             lambda s: lr_lambda(s, opt.warmup_steps, optimizer_steps, opt.schedule, opt.min_lr_ratio),
         )
         self.version = 0
+        if resume_from:
+            state = torch.load(Path(resume_from) / LEARNER_STATE, map_location=self.device, weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.version = state["version"]
         self.engines = self.transfer = None  # set by connect_engines
         self.weights_root = Path(weights_root)
         self.weights_root.mkdir(parents=True, exist_ok=True)
@@ -274,7 +284,7 @@ class Learner:
         self.save_hf(out_dir)
         torch.save(
             {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "version": self.version},
-            Path(out_dir) / "learner_state.pt",
+            Path(out_dir) / LEARNER_STATE,
         )
         return out_dir
 

@@ -28,6 +28,9 @@ from configs.load import ConfigError
 from configs.schema import RunConfig
 from learner.report import describe_accuracy, plot_run, wilson_interval
 
+CHECKPOINT_INFO = "checkpoint.json"
+"""In each checkpoint folder: {"version": N}, the step it was written after."""
+
 
 class RunError(RuntimeError):
     """A run that cannot go on for a reason the user can act on; the CLI prints it without a traceback."""
@@ -110,14 +113,31 @@ def _shm_root(run_name: str) -> str:
     return tempfile.mkdtemp(prefix=f"temper-{run_name}-", dir=base)
 
 
-def train(cfg: RunConfig, log=print) -> dict[str, Any]:
-    """Run a whole job; returns the summary that is also written to RUN_DIR/summary.json."""
+def read_checkpoint(path: str, cfg: RunConfig) -> tuple[Path, int]:
+    """A checkpoint folder written by this driver -> (its absolute path, its version = step)."""
+    ckpt = Path(path).expanduser().resolve()
+    missing = [f for f in (CHECKPOINT_INFO, "buffer.json", "learner_state.pt", "config.json") if not (ckpt / f).is_file()]
+    if missing:
+        raise ConfigError(f"--resume: {ckpt} is not a temper checkpoint (missing {', '.join(missing)})")
+    version = json.loads((ckpt / CHECKPOINT_INFO).read_text())["version"]
+    if version >= cfg.learner.steps:
+        raise ConfigError(f"--resume: the checkpoint is at step {version} and learner.steps = {cfg.learner.steps}: "
+                          "nothing left to train (raise learner.steps)")
+    return ckpt, version
+
+
+def train(cfg: RunConfig, log=print, resume: str | None = None) -> dict[str, Any]:
+    """Run a whole job; returns the summary that is also written to RUN_DIR/summary.json.
+
+    resume: a checkpoint folder (RUN_DIR/checkpoints/step-N) to continue from: the learner's weights,
+    optimizer and lr schedule, the engines' weights, the buffer's held groups; steps N+1..learner.steps."""
     import ray
 
     from learner.actors import RayEngines, make_buffer, make_learner, make_workers
     from rollout.worker import load_rows
 
     cfg = prepare(cfg, log=log)
+    ckpt, start = read_checkpoint(resume, cfg) if resume else (None, 0)
     run_dir = Path(cfg.logging.run_dir).expanduser() / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
@@ -131,9 +151,13 @@ def train(cfg: RunConfig, log=print) -> dict[str, Any]:
         rollouts = str((run_dir / "rollouts.jsonl").resolve()) if cfg.logging.save_rollouts else None
         buffer = make_buffer(cfg, rollouts)
         workers = make_workers(cfg, buffer)
-        learner = make_learner(cfg, weights_root)
+        learner = make_learner(cfg, weights_root, str(ckpt) if ckpt else None)
         t0 = time.time()
-        ray.get([w.start.remote() for w in workers] + [learner.prepare_sync.remote()])
+        if ckpt:
+            ray.get(buffer.load_state_dict.remote(json.loads((ckpt / "buffer.json").read_text())))
+            log(f"resuming from {ckpt} (step {start})")
+        engine_weights = str(ckpt) if ckpt else None
+        ray.get([w.start.remote(engine_weights, start) for w in workers] + [learner.prepare_sync.remote()])
         ray.get(learner.connect_engines.remote(RayEngines(workers), len(workers)))
         log(f"{len(workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s"
             f" (weight sync: {cfg.weight_sync.backend})")
@@ -142,30 +166,35 @@ def train(cfg: RunConfig, log=print) -> dict[str, Any]:
         evals: list[dict[str, Any]] = []
         if eval_rows:
             t0 = time.time()
-            evals.append(_eval_record(0, *evaluate(workers, eval_rows)))
-            log(f"held-out accuracy before RL: {describe_accuracy(evals[0]['correct'], evals[0]['n'])}"
+            evals.append(_eval_record(start, *evaluate(workers, eval_rows)))
+            log(f"held-out accuracy {_at(start)}: {describe_accuracy(evals[0]['correct'], evals[0]['n'])}"
                 f"  [{time.time() - t0:.1f}s]")
 
-        summary = _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log)
+        summary = _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log, start)
         log(f"run directory: {run_dir.resolve()}")
         return summary
     finally:
         _shutdown(workers, [learner, buffer], private_ray, weights_root, shm_before)
 
 
-def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log) -> dict[str, Any]:
+def _at(step: int) -> str:
+    return "before RL" if step == 0 else f"at step {step} (resumed)"
+
+
+def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log, start: int) -> dict[str, Any]:
     import ray
     from tqdm import tqdm
 
     run_refs = {w.run.remote(): i for i, w in enumerate(workers)}
     metrics_file = (run_dir / "metrics.jsonl").open("w")
     steps: list[dict[str, Any]] = []
-    version = 0
+    version = start
     start_tokens = sum(s["generated_tokens"] for s in ray.get([w.stats.remote() for w in workers]))
     run_start = time.time()
-    bar = tqdm(total=cfg.learner.steps, desc="RL steps", disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+    bar = tqdm(total=cfg.learner.steps, initial=start, desc="RL steps", disable=not cfg.logging.progress_bar,
+               dynamic_ncols=True)
     try:
-        for step in range(1, cfg.learner.steps + 1):
+        for step in range(start + 1, cfg.learner.steps + 1):
             t_step = time.time()
             batch = buffer.get_batch.remote(cfg.learner.batch_groups, version, cfg.buffer.batch_timeout_s)
             train_ref = learner.train_step.remote(batch)
@@ -229,12 +258,14 @@ def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log) -> dict
 
 
 def _checkpoint(learner, buffer, out: Path) -> None:
+    """Learner (HF weights + optimizer + schedule), buffer, and the version; `temper train --resume out`."""
     import ray
 
     out.mkdir(parents=True, exist_ok=True)
     ray.get(learner.save_checkpoint.remote(str(out)))
     state = ray.get(buffer.state_dict.remote())
     (out / "buffer.json").write_text(json.dumps(state))
+    (out / CHECKPOINT_INFO).write_text(json.dumps({"version": state["learner_version"]}))
 
 
 def _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, rl_seconds, log) -> dict[str, Any]:
@@ -242,10 +273,11 @@ def _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, rl_
 
     summary: dict[str, Any] = {"steps": len(steps), "rl_seconds": round(rl_seconds, 1), "run_dir": str(run_dir)}
     if eval_rows:
-        evals.append(_eval_record(len(steps), *evaluate(workers, eval_rows)))
-        before, after = evals[0], evals[-1]
+        before = evals[0]
+        evals.append(_eval_record(before["step"] + len(steps), *evaluate(workers, eval_rows)))
+        after = evals[-1]
         summary.update({"heldout_before": before, "heldout_after": after, "lift": after["accuracy"] - before["accuracy"]})
-        log(f"held-out accuracy before RL: {describe_accuracy(before['correct'], before['n'])}")
+        log(f"held-out accuracy {_at(before['step'])}: {describe_accuracy(before['correct'], before['n'])}")
         log(f"held-out accuracy after  RL: {describe_accuracy(after['correct'], after['n'])}")
         log(f"lift: {summary['lift']:+.1%} in {len(steps)} steps ({rl_seconds:.0f}s of RL)")
     if steps:

@@ -89,9 +89,11 @@ class Engine:
         self.version = 0
         self.tokenizer = None
 
-    async def init(self) -> None:
+    async def init(self, version: int = 0) -> None:
+        """version: what the loaded weights are (0, or the checkpoint's version when resuming)."""
         self.tokenizer = self.llm.get_tokenizer()
-        await self.llm.update_weight_version("0")
+        await self.llm.update_weight_version(str(version))
+        self.version = version
 
     def _params(self, n: int, greedy: bool, max_tokens: int | None):
         from vllm import SamplingParams

@@ -49,17 +49,18 @@ class RolloutWorker:
         self.last_error: str | None = None
         self._stop = asyncio.Event()
 
-    async def start(self) -> None:
-        """Build the engine, the environment and the scoring pool (slow: call once)."""
+    async def start(self, model_path: str | None = None, version: int = 0) -> None:
+        """Build the engine, the environment and the scoring pool (slow: call once). model_path/version:
+        the weights to start from (default model.path as version 0; a checkpoint when resuming)."""
         from rewards.pool import RewardScorer
         from rollout.engine import Engine
 
         cfg = self.cfg
         self.engine = Engine(
-            cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype, cfg.seed + 1000 * self.index,
-            weight_sync=cfg.weight_sync.backend,
+            model_path or cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype,
+            cfg.seed + 1000 * self.index + version, weight_sync=cfg.weight_sync.backend,
         )
-        await self.engine.init()
+        await self.engine.init(version)
         self.attach(self.engine, RewardScorer(cfg.rewards))
 
     def attach(self, engine: Any, scorer: Any) -> None:
@@ -77,7 +78,9 @@ class RolloutWorker:
 
     def _rows_forever(self):
         rows = self._shard()
-        rng = random.Random(self.cfg.seed + self.index)
+        # A resumed run (engine starting at a checkpoint's version) draws a fresh order, not the first run's.
+        start_version = self.engine.version if self.engine else 0
+        rng = random.Random(self.cfg.seed + self.index + 1_000_003 * start_version)
         epoch = 0
         while True:
             order = list(range(len(rows)))

@@ -30,9 +30,16 @@ def run_job(tmp_path, demo_assets, *overrides: str) -> tuple[subprocess.Complete
     return proc, runs[-1] if runs else None
 
 
-def test_short_real_job(tmp_path, demo_assets):
+@pytest.fixture(scope="module")
+def short_job(tmp_path_factory, demo_assets):
+    """One 3-step job (checkpoint at step 2) shared by the tests that read its outputs."""
     shm_before = _psm_segments()
-    proc, run_dir = run_job(tmp_path, demo_assets)
+    proc, run_dir = run_job(tmp_path_factory.mktemp("short-job"), demo_assets, "checkpoint.every_steps=2")
+    return proc, run_dir, shm_before
+
+
+def test_short_real_job(short_job):
+    proc, run_dir, shm_before = short_job
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3
@@ -58,6 +65,40 @@ def test_short_real_job(tmp_path, demo_assets):
     assert "held-out accuracy before RL" in proc.stdout and "held-out accuracy after  RL" in proc.stdout
     assert _psm_segments() <= shm_before, "vLLM shared memory left behind"
     assert not list(Path("/dev/shm").glob("temper-demo-*")), "published weights left behind"
+    ckpt = run_dir / "checkpoints" / "step-2"
+    assert json.loads((ckpt / "checkpoint.json").read_text()) == {"version": 2}
+    assert {"config.json", "model.safetensors", "learner_state.pt", "buffer.json"} <= {p.name for p in ckpt.iterdir()}
+
+
+def test_resume_continues_from_a_checkpoint(short_job, tmp_path, demo_assets):
+    """`temper train ... --resume RUN/checkpoints/step-2` trains steps 3..4 from the saved learner, engine
+    weights and buffer: versions continue, and the engine starts at the learner's weights. Sync mode, so
+    every trained sample comes from the weights the learner holds and the mismatch shows any difference."""
+    _, first_run, _ = short_job
+    ckpt = first_run / "checkpoints" / "step-2"
+    args = [str(VENV_BIN / "temper"), "train", "configs/demo.toml",
+            *tiny_job_overrides(demo_assets["demo"], tmp_path / "runs"), "--set", "learner.steps=4",
+            "--set", "buffer.max_staleness=0", "--resume", str(ckpt)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"resuming from {ckpt}" in proc.stdout and "held-out accuracy at step 2 (resumed)" in proc.stdout
+    (run_dir,) = (tmp_path / "runs").glob("demo-*")
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["step"], m["version"]) for m in steps] == [(3, 3), (4, 4)]
+    # engine and learner both start from the checkpoint's weights: their log-probs agree to float rounding
+    assert all(m["learner/onpolicy_frac"] == 1.0 and m["learner/logp_mismatch_onpolicy"] < 1e-4 for m in steps)
+    evals = json.loads((run_dir / "evals.json").read_text())
+    assert [e["step"] for e in evals] == [2, 4]
+
+
+def test_resume_rejects_a_folder_that_is_not_a_checkpoint(tmp_path, demo_assets):
+    args = [str(VENV_BIN / "temper"), "train", "configs/demo.toml",
+            *tiny_job_overrides(demo_assets["demo"], tmp_path / "runs"), "--resume", str(tmp_path)]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2
+    assert f"--resume: {tmp_path} is not a temper checkpoint (missing checkpoint.json" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # refused before any run directory or cluster
 
 
 def test_ray_job_submit_in_sync_mode(tmp_path, demo_assets, ray_cluster):

@@ -92,3 +92,25 @@ def test_activation_checkpointing_gives_the_same_step(demo_assets, tmp_path):
     plain, recomputed = one_step(False), one_step(True)
     assert recomputed["learner/grad_norm"] == pytest.approx(plain["learner/grad_norm"], rel=1e-5)
     assert recomputed["learner/loss"] == pytest.approx(plain["learner/loss"], rel=1e-5, abs=1e-7)
+
+
+def test_checkpoint_round_trip_resumes_the_learner(demo_assets, tmp_path):
+    """save_checkpoint, then a new Learner(resume_from=...): same weights, optimizer moments, lr step and
+    version, so its next step equals the one the original would have taken."""
+    def group(learner):
+        return [Group("g", (sample_from(learner, "g", 0, [70, 71], 1.0), sample_from(learner, "g", 1, [80], 0.0)))]
+
+    cfg = make_cfg(demo_assets, optimizer={"lr": 1e-2, "warmup_steps": 3})
+    original = Learner(cfg, str(tmp_path / "w1"))
+    original.train_step(group(original))
+    original.save_checkpoint(str(tmp_path / "ckpt"))
+    resumed = Learner(cfg, str(tmp_path / "w2"), resume_from=str(tmp_path / "ckpt"))
+    assert resumed.version == 1 and resumed.scheduler.last_epoch == original.scheduler.last_epoch == 1
+    for (name, a), b in zip(original.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    batch = group(original)  # the same samples for both (rollout log-probs from the original's weights)
+    m1, m2 = original.train_step(batch), resumed.train_step(batch)
+    assert m2["learner/lr"] == m1["learner/lr"] == pytest.approx(1e-2)  # warmup step 3 of 3
+    assert m2["learner/loss"] == pytest.approx(m1["learner/loss"], abs=1e-7)
+    for (name, a), b in zip(original.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
