@@ -14,7 +14,8 @@ call AsyncLLM's `init_weight_transfer_engine` / `start_weight_update` / `update_
     nccl   vLLM's NCCL backend: the learner broadcasts to engines on other GPUs (rank 0 = learner,
            engine i's workers at ranks 1 + i * world_size ...).
 
-Importing this module imports vLLM (~11 s of CPU), so the learner imports it only when it connects.
+Importing this module imports vLLM (~11 s of CPU); a job's learner does so while the engines start
+(Learner.prepare_sync).
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ class ShmTrainerInitInfo(TrainerInitInfo):
 
 
 class ShmTrainerEngine(TrainerWeightTransferEngine[ShmTrainerInitInfo]):
-    """Trainer side of `temper_shm`: one safetensors folder per version; the previous one is kept until
-    the next send (an engine may still be reading it when a send fails half-way)."""
+    """Trainer side of `temper_shm`: one safetensors folder per version, removed once the next version has
+    been loaded by every engine."""
 
     init_info_cls = ShmTrainerInitInfo
 
