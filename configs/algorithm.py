@@ -85,18 +85,20 @@ class OffPolicyConfig(_Strict):
     weights (staleness). `tis` takes the clipped ratio against the learner's pre-update policy pi_old
     and multiplies each token's loss by stopgrad(min(pi_old / pi_rollout, cap)) (truncated importance
     sampling; the ratio is *not* taken against the rollout too, which would correct the mismatch twice).
-    `decoupled` is the same formula with pi_old named as the proximal policy (decoupled PPO). With one
-    optimizer step per batch (learner.mini_batches * learner.epochs == 1), pi_old is the detached current
-    log-probs, so the ratio is exactly 1 and only the weight acts. With several, the learner computes pi_old
-    once before the batch's first step and both modes clip every step against it, which is then the same
-    thing: in this learner `tis` and `decoupled` train identically. Exact formulas: learner/losses.py.
+    `decoupled` (decoupled PPO, as AReaL runs it) clips against the same pre-update policy, named the
+    proximal policy, and weights by pi_prox / pi_rollout, but drops the tokens whose weight exceeds the cap
+    instead of truncating it. With one optimizer step per batch (learner.mini_batches * learner.epochs ==
+    1), pi_old is the detached current log-probs, so the ratio is exactly 1 and only the weight acts; with
+    several, the learner computes pi_old once before the batch's first step and every step clips against
+    it. Exact formulas: learner/losses.py.
     """
 
     mode: Literal["none", "tis", "decoupled"] = "tis"
-    """none: ratio against rollout log-probs, no weight; tis/decoupled: ratio against the learner's
-    pre-update log-probs times the truncated IS weight."""
+    """none: ratio against rollout log-probs, no weight; tis: ratio against the learner's pre-update
+    log-probs times the truncated IS weight; decoupled: the same ratio, tokens over the cap dropped."""
     tis_cap: float = Field(2.0, gt=0)
-    """Cap of the truncated importance weight."""
+    """Cap of the importance weight pi_learner / pi_rollout: tis truncates at it, decoupled drops tokens
+    above it."""
 
 
 class KLConfig(_Strict):

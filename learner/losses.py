@@ -21,18 +21,20 @@ contribute nothing, whatever values they hold -- even inf/NaN):
               learner             if off_policy.mode in ("tis", "decoupled")
     ratio     exp(logp - old)
     w         1                                           if mode == "none"
-              stopgrad(min(exp(learner - rollout), cap))  if mode in ("tis", "decoupled")
+              stopgrad(min(exp(learner - rollout), cap))  if mode == "tis"        (truncated)
+              stopgrad(exp(learner - rollout)) if <= cap, else 0     if mode == "decoupled"  (filtered)
 
 Why "tis" takes its ratio against the learner and not against the rollout: the clipped surrogate's gradient
 already carries the factor pi/old; with old = rollout *and* a weight pi_learner/rollout, the mismatch
 would be corrected twice ((pi/mu)^2). Following Yao et al. 2025 ("Your efficient RL framework secretly
 brings you off-policy RL training"), the ratio is against the learner's own old policy and the truncated
-weight alone corrects for the engine (numerics and staleness). "decoupled" (Hilton et al. 2021, AReaL) is
-the same formula with a proximal policy the caller must pass explicitly (`prox_logp_BT`; "tis" falls back
-to stopgrad(logp), which is the pre-update policy only before the first update). The two differ only when
-several optimizer steps reuse the same rollouts and "tis" is given no prox_logp; the learner passes it to
-both, so there they train identically. "none" clips against the rollout directly, which is the trust region
-of plain async GRPO and has no separate mismatch weight.
+weight alone corrects for the engine (numerics and staleness). "decoupled" (Hilton et al. 2021, AReaL)
+clips against a proximal policy the caller must pass explicitly (`prox_logp_BT`; "tis" falls back to
+stopgrad(logp), which is the pre-update policy only before the first update) and weights by
+prox / rollout like "tis", but as AReaL does it: a token whose weight exceeds the cap is dropped from the
+loss instead of truncated (very stale or badly mismatched tokens carry no gradient at all, where "tis"
+still pushes them with weight cap). Below the cap the two are the same. "none" clips against the rollout
+directly, which is the trust region of plain async GRPO and has no separate mismatch weight.
 
 Per-token losses (A = the sample's advantage):
     clip   l_t = w * max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high))         (PPO, DAPO)
@@ -206,8 +208,11 @@ def policy_loss(
     else:
         old_BT = learner_BT
         behaviour_ratio_BT = torch.exp(learner_BT - rollout_BT)
-        weight_BT = behaviour_ratio_BT.clamp(max=cfg.off_policy.tis_cap)
         truncated_BT = behaviour_ratio_BT > cfg.off_policy.tis_cap
+        if mode == "tis":  # truncate the weight at the cap
+            weight_BT = behaviour_ratio_BT.clamp(max=cfg.off_policy.tis_cap)
+        else:  # decoupled: drop the tokens whose weight is over the cap
+            weight_BT = torch.where(truncated_BT, 0.0, behaviour_ratio_BT)
 
     surrogate = SURROGATES[cfg.loss.type]
     pg_BT, ratio_BT, low_BT, high_BT = surrogate(cfg.loss, logp_BT, logp_BT - old_BT, adv_B1, mask_BT)

@@ -142,14 +142,15 @@ def test_tis_weights_by_the_truncated_learner_over_rollout_ratio():
 
 
 def test_decoupled_clips_against_prox_and_weights_by_prox_over_rollout():
-    # Two ratios per token: r = pi / prox (clipped, [0.8, 1.2]) and w = min(prox / mu, 2). A = (+1, -1).
+    # Two ratios per token: r = pi / prox (clipped, [0.8, 1.2]) and w = prox / mu, dropped (0) over the cap 2.
+    # A = (+1, -1).
     #   s0 t0: r=1.5, w=1.0  A>0, clipped high -> 1.0 * -1.2 = -1.2, no gradient
-    #   s0 t1: r=1.0, w=3->2 (truncated)       -> 2.0 * -1.0 = -2.0, d/dlogp = -A r w = -2.0
-    #   s0 t3: r=0.5, w=0.5  A>0, not clipped  -> 0.5 * -0.5 = -0.25, d/dlogp = -0.25
+    #   s0 t1: r=1.0, w=3 > 2: dropped          -> 0, no gradient
+    #   s0 t3: r=0.5, w=0.5  A>0, not clipped  -> 0.5 * -0.5 = -0.25, d/dlogp = -A r w = -0.25
     #   s1 t0: r=0.5, w=1.0  A<0, clipped low  -> 1.0 * 0.8 = 0.8, no gradient
     #   s1 t1: r=1.1, w=1.2                    -> 1.2 * 1.1 = 1.32, d/dlogp = 1.32
-    # seq_mean_token_mean: s0 (-1.2 - 2 - .25)/3 = -1.15, s1 (0.8 + 1.32)/2 = 1.06 -> (-1.15 + 1.06)/2 = -0.045.
-    # Gradients: s0 / 6 -> 0, -0.333333, -0.041667; s1 / 4 -> 0, 0.33.
+    # seq_mean_token_mean: s0 (-1.2 + 0 - .25)/3 = -0.483333, s1 (0.8 + 1.32)/2 = 1.06
+    #   -> (-0.483333 + 1.06)/2 = 0.288333. Gradients: s0 / 6 -> 0, 0, -0.041667; s1 / 4 -> 0, 0.33.
     pi_over_prox = torch.tensor([[1.5, 1.0, 3.0, 0.5], [0.5, 1.1, 1.0, 1.0]])
     prox_over_mu = torch.tensor([[1.0, 3.0, 3.0, 0.5], [1.0, 1.2, 1.0, 1.0]])
     rollout_BT = torch.full((2, 4), LOG_ROLLOUT)
@@ -163,8 +164,8 @@ def test_decoupled_clips_against_prox_and_weights_by_prox_over_rollout():
         mask_BT=torch.tensor(MASK),
     )
     loss, grad, m = run(batch, config(aggregation="seq_mean_token_mean", mode="decoupled"))
-    close(loss, -0.045)
-    close(grad, [[0.0, -0.333333, 0.0, -0.041667], [0.0, 0.33, 0.0, 0.0]])
+    close(loss, 0.288333)
+    close(grad, [[0.0, 0.0, 0.0, -0.041667], [0.0, 0.33, 0.0, 0.0]])
     close(m["clip_frac_low"], 0.2)
     close(m["clip_frac_high"], 0.2)
     close(m["tis_truncated_frac"], 0.2)
@@ -174,11 +175,14 @@ def test_decoupled_clips_against_prox_and_weights_by_prox_over_rollout():
     close(m["logp_mismatch"], 0.394816)
 
 
-def test_tis_uses_prox_when_given_and_then_equals_decoupled():
+def test_tis_truncates_where_decoupled_drops():
+    # The inputs of the test above under both modes. Only s0 t1 has a weight over the cap (prox / mu = 3):
+    # "tis" keeps it with weight 2 (loss term 2 * -1.0 = -2.0, gradient -A r w = -2.0, / 6 -> -0.333333,
+    # loss -(2.0 / 3) / 2 = -0.333333 lower); "decoupled" drops it. Every other token is the same.
     pi_over_prox = torch.tensor([[1.5, 1.0, 3.0, 0.5], [0.5, 1.1, 1.0, 1.0]])
     rollout_BT = torch.full((2, 4), LOG_ROLLOUT)
     prox_BT = rollout_BT + torch.tensor([[1.0, 3.0, 3.0, 0.5], [1.0, 1.2, 1.0, 1.0]]).log()
-    results = []
+    results = {}
     for mode in ("tis", "decoupled"):
         batch = PolicyBatch(
             logp_BT=(prox_BT + pi_over_prox.log()).requires_grad_(),
@@ -187,9 +191,12 @@ def test_tis_uses_prox_when_given_and_then_equals_decoupled():
             adv_B=torch.tensor([1.0, -1.0]),
             mask_BT=torch.tensor(MASK),
         )
-        results.append(run(batch, config(mode=mode)))
-    assert results[0][0] == pytest.approx(results[1][0])
-    torch.testing.assert_close(results[0][1], results[1][1])
+        results[mode] = run(batch, config(aggregation="seq_mean_token_mean", mode=mode))
+    (tis_loss, tis_grad, tis_m), (dec_loss, dec_grad, dec_m) = results["tis"], results["decoupled"]
+    close(tis_loss, 0.288333 - 0.333333)
+    close(dec_loss, 0.288333)
+    close(tis_grad - dec_grad, [[0.0, -0.333333, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    close(tis_m["tis_truncated_frac"], dec_m["tis_truncated_frac"])  # 1 of 5 tokens over the cap in both
 
 
 def test_decoupled_without_prox_is_an_error():

@@ -166,7 +166,8 @@ def test_every_step_clips_against_the_policy_before_the_first(demo_assets, tmp_p
         assert m["learner/ratio_max"] > 1.0
         assert m["learner/logp_mismatch"] < 1e-5  # measured before the update
 
-    # Both modes get the same pre-update log-probs, so they take the same steps.
+    # Both modes get the same pre-update log-probs, and no token's weight is over the cap (prox = rollout,
+    # weight 1), the only place where they differ: they take the same steps.
     (m_tis, tis), (m_dec, dec) = runs["tis"], runs["decoupled"]
     assert_same_weights(tis, dec)
     assert m_tis["learner/loss"] == pytest.approx(m_dec["learner/loss"], abs=1e-7)

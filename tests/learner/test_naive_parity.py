@@ -42,10 +42,13 @@ def naive_loss(logp, rollout, prox, ref, entropy, adv, mask, cfg: AlgorithmConfi
         for t in ts:
             mu = float(rollout[i, t])
             learner = float(prox[i, t]) if prox is not None else value(logp[i, t])
+            w = math.exp(learner - mu)
             if mode == "none":
                 olds[t], weights[t] = mu, 1.0
-            else:
-                olds[t], weights[t] = learner, min(math.exp(learner - mu), cap)
+            elif mode == "tis":
+                olds[t], weights[t] = learner, min(w, cap)
+            else:  # decoupled: a weight over the cap removes the token
+                olds[t], weights[t] = learner, (w if w <= cap else 0.0)
 
         if cfg.loss.type == "gspo":
             seq_log_ratio = torch.zeros(())
