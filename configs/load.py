@@ -64,7 +64,10 @@ def _describe(errors: ValidationError, lines: dict[str, str], overrides: dict[st
         loc = [str(p) for p in err["loc"]]
         field = ".".join(loc) or "(top level)"
         where = source
-        for depth in range(len(loc), 0, -1):  # the most specific prefix that we can place
+        inside = [overrides[k] for k in overrides if loc and k.startswith(field + ".")]
+        if inside:  # an error about a whole table that an override changed part of: name the override
+            where = ", ".join(f"--set {o}" for o in inside)
+        for depth in range(len(loc) if not inside else 0, 0, -1):  # the most specific prefix we can place
             prefix = ".".join(loc[:depth])
             if prefix in overrides:
                 where = f"--set {overrides[prefix]}"
@@ -72,7 +75,7 @@ def _describe(errors: ValidationError, lines: dict[str, str], overrides: dict[st
             if prefix in lines:
                 where = lines[prefix]
                 break
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")  # a schema validator's own sentence
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not in the schema; check the spelling)"
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from configs.algorithm import AlgorithmConfig, OptimizerConfig
 
@@ -279,8 +279,25 @@ class RunConfig(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
-    weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
+    weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig, validate_default=True)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+
+    @field_validator("weight_sync")
+    @classmethod
+    def _resolve_weight_sync(cls, ws: WeightSyncConfig, info: ValidationInfo) -> WeightSyncConfig:
+        r = info.data.get("ray")
+        if r is None:  # [ray] itself is invalid; that error is the one to report
+            return ws
+        on_gpus = r.worker_gpus > 0 and r.learner_gpus > 0
+        if ws.backend == "auto":
+            backend = "shm" if not on_gpus else "ipc" if r.worker_gpus < 1 and r.learner_gpus < 1 else "nccl"
+            return ws.model_copy(update={"backend": backend})
+        if ws.backend in ("ipc", "nccl") and not on_gpus:
+            raise ValueError(
+                f"backend = {ws.backend!r} moves weights between GPUs: set ray.learner_gpus and "
+                "ray.worker_gpus (or use \"shm\")"
+            )
+        return ws
 
     @model_validator(mode="after")
     def _needs_model_and_data(self) -> RunConfig:
@@ -289,17 +306,4 @@ class RunConfig(_Strict):
                 raise ValueError("model.path is required (or enable [demo])")
             if not self.data.train:
                 raise ValueError("data.train is required (or enable [demo])")
-        return self
-
-    @model_validator(mode="after")
-    def _resolve_weight_sync(self) -> RunConfig:
-        ws, r = self.weight_sync, self.ray
-        on_gpus = r.worker_gpus > 0 and r.learner_gpus > 0
-        if ws.backend == "auto":
-            ws.backend = "shm" if not on_gpus else "ipc" if r.worker_gpus < 1 and r.learner_gpus < 1 else "nccl"
-        elif ws.backend in ("ipc", "nccl") and not on_gpus:
-            raise ValueError(
-                f"weight_sync.backend = {ws.backend!r} moves weights between GPUs: set ray.learner_gpus and "
-                "ray.worker_gpus (or use \"shm\")"
-            )
         return self

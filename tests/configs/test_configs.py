@@ -69,6 +69,20 @@ def test_constraint_violation_in_override_names_the_override(tmp_path):
     assert "greater than or equal to 2" in str(e.value)
 
 
+def test_weight_sync_backend_needs_gpus_named_where_it_was_set(tmp_path):
+    p = _write(tmp_path, "[demo]\nenabled = true\n\n[weight_sync]\nbackend = \"nccl\"\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert f"{p}:4: weight_sync: backend = 'nccl' moves weights between GPUs" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs/demo.toml", ['weight_sync.backend="ipc"'])
+    assert "--set weight_sync.backend=\"ipc\": weight_sync: backend = 'ipc'" in str(e.value)
+    # auto resolves from [ray] when the config loads
+    assert load_config(REPO / "configs/demo.toml").weight_sync.backend == "shm"
+    gpus = load_config(REPO / "configs/demo.toml", ["ray.learner_gpus=0.5", "ray.worker_gpus=0.5"])
+    assert gpus.weight_sync.backend == "ipc"
+
+
 def test_unknown_override_key(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(REPO / "configs/demo.toml", ["learner.nope=1"])
