@@ -67,14 +67,15 @@ def _describe(errors: ValidationError, lines: dict[str, str], overrides: dict[st
         inside = [overrides[k] for k in overrides if loc and k.startswith(field + ".")]
         if inside:  # an error about a whole table that an override changed part of: name the override
             where = ", ".join(f"--set {o}" for o in inside)
-        for depth in range(len(loc) if not inside else 0, 0, -1):  # the most specific prefix we can place
-            prefix = ".".join(loc[:depth])
-            if prefix in overrides:
-                where = f"--set {overrides[prefix]}"
-                break
-            if prefix in lines:
-                where = lines[prefix]
-                break
+        else:
+            for depth in range(len(loc), 0, -1):  # the most specific prefix that we can place
+                prefix = ".".join(loc[:depth])
+                if prefix in overrides:
+                    where = f"--set {overrides[prefix]}"
+                    break
+                if prefix in lines:
+                    where = lines[prefix]
+                    break
         msg = err["msg"].removeprefix("Value error, ")  # a schema validator's own sentence
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not in the schema; check the spelling)"
