@@ -138,6 +138,7 @@ def train(cfg: RunConfig, log=print, resume: str | None = None) -> dict[str, Any
 
     cfg = prepare(cfg, log=log)
     ckpt, start = read_checkpoint(resume, cfg) if resume else (None, 0)
+    start_weights = str(ckpt) if ckpt else None  # the learner's and the engines' (None: model.path)
     run_dir = Path(cfg.logging.run_dir).expanduser() / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
@@ -151,13 +152,12 @@ def train(cfg: RunConfig, log=print, resume: str | None = None) -> dict[str, Any
         rollouts = str((run_dir / "rollouts.jsonl").resolve()) if cfg.logging.save_rollouts else None
         buffer = make_buffer(cfg, rollouts)
         workers = make_workers(cfg, buffer)
-        learner = make_learner(cfg, weights_root, str(ckpt) if ckpt else None)
+        learner = make_learner(cfg, weights_root, start_weights)
         t0 = time.time()
         if ckpt:
             ray.get(buffer.load_state_dict.remote(json.loads((ckpt / "buffer.json").read_text())))
             log(f"resuming from {ckpt} (step {start})")
-        engine_weights = str(ckpt) if ckpt else None
-        ray.get([w.start.remote(engine_weights, start) for w in workers] + [learner.prepare_sync.remote()])
+        ray.get([w.start.remote(start_weights, start) for w in workers] + [learner.prepare_sync.remote()])
         ray.get(learner.connect_engines.remote(RayEngines(workers), len(workers)))
         log(f"{len(workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s"
             f" (weight sync: {cfg.weight_sync.backend})")

@@ -179,6 +179,7 @@ class Engine:
 
     async def load_weights(self, weights_dir: str, version: int) -> None:
         """Load a folder of safetensors (e.g. a Hugging Face model folder) as `version`; "shm" engines only."""
+        # Checked before pausing: once the update has started, a failure leaves the model half-loaded.
         if not list(Path(weights_dir).glob("*.safetensors")):
             raise FileNotFoundError(f"no *.safetensors files in {weights_dir}")
         await self.weights_start()
