@@ -18,8 +18,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from configs.load import load_config
-from learner.train import train
+from temper.configs.load import load_config
+from temper.job import train
 
 REPO = Path(__file__).resolve().parents[1]
 

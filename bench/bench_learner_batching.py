@@ -2,7 +2,7 @@
 
 A random-init Qwen2 (built in code, nothing downloaded) runs the learner's forward + loss + backward over
 one batch of sequences with a long-tailed length distribution (most short, a few long), as RL completions
-are. Both plans cover exactly the same samples with the same loss (learner.losses.policy_loss), so the
+are. Both plans cover exactly the same samples with the same loss (temper.learner.losses.policy_loss), so the
 tokens/s ratio is the speed-up from not padding short samples to long ones.
 
 Fairness: the padding-aware token budget (default 2048) is below the naive plan's worst micro-batch
@@ -29,9 +29,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from configs.algorithm import AlgorithmConfig, OffPolicyConfig
-from learner.batching import naive_micro_batches, pad_right, plan_micro_batches
-from learner.losses import PolicyBatch, loss_normalizer, policy_loss
+from temper.configs.algorithm import AlgorithmConfig, OffPolicyConfig
+from temper.learner.batching import naive_micro_batches, pad_right, plan_micro_batches
+from temper.learner.losses import PolicyBatch, loss_normalizer, policy_loss
 
 PROMPT_LEN = 8
 VOCAB = 512

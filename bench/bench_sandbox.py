@@ -13,9 +13,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rewards.base import VerifyRequest
-from rewards.code import CodeVerifier
-from rewards.sandbox import Sandbox
+from temper.rewards.base import VerifyRequest
+from temper.rewards.code import CodeVerifier
+from temper.rewards.sandbox import Sandbox
 
 FIB = ("```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
        "    return a\n```")

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from temper.configs.base import Strict
 
 
 # ---------------------------------------------------------------------------------------------- advantages
-class GRPOAdvantage(_Strict):
+class GRPOAdvantage(Strict):
     """GRPO: (r - mean(group)) / (std(group) + eps)."""
 
     type: Literal["grpo"] = "grpo"
@@ -25,13 +23,13 @@ class GRPOAdvantage(_Strict):
     """Added to the group std so zero-variance groups give zero advantage, not NaN."""
 
 
-class DrGRPOAdvantage(_Strict):
+class DrGRPOAdvantage(Strict):
     """Dr.GRPO: r - mean(group), no std division (the std divisor over-weights easy/hard groups)."""
 
     type: Literal["dr_grpo"] = "dr_grpo"
 
 
-class RLOOAdvantage(_Strict):
+class RLOOAdvantage(Strict):
     """RLOO: r_i - mean(r_j for j != i), the leave-one-out baseline (unbiased)."""
 
     type: Literal["rloo"] = "rloo"
@@ -41,7 +39,7 @@ AdvantageConfig = Annotated[GRPOAdvantage | DrGRPOAdvantage | RLOOAdvantage, Fie
 
 
 # ---------------------------------------------------------------------------------------------- losses
-class ClippedLoss(_Strict):
+class ClippedLoss(Strict):
     """PPO/GRPO token-level clipped ratio, with DAPO's separate low/high epsilons (clip-higher)."""
 
     type: Literal["clip"] = "clip"
@@ -51,7 +49,7 @@ class ClippedLoss(_Strict):
     """Upper clip: ratio is clipped at 1 + eps_high for positive advantages (DAPO uses 0.28)."""
 
 
-class GSPOLoss(_Strict):
+class GSPOLoss(Strict):
     """GSPO: one length-normalised sequence-level ratio per sample, clipped (eps are ~1e-3 scale).
 
     The sample's loss is spread over its trained tokens and then aggregated like a token loss, so
@@ -65,7 +63,7 @@ class GSPOLoss(_Strict):
     """Upper clip on the sequence ratio."""
 
 
-class CISPOLoss(_Strict):
+class CISPOLoss(Strict):
     """CISPO: REINFORCE weighted by a clipped, stop-gradient importance weight; no token is dropped."""
 
     type: Literal["cispo"] = "cispo"
@@ -78,7 +76,7 @@ class CISPOLoss(_Strict):
 LossConfig = Annotated[ClippedLoss | GSPOLoss | CISPOLoss, Field(discriminator="type")]
 
 
-class OffPolicyConfig(_Strict):
+class OffPolicyConfig(Strict):
     """Correction for the gap between the rollout engine's policy and the learner's.
 
     Two gaps exist: vLLM's numerics differ from the learner's, and async rollouts were sampled by older
@@ -101,7 +99,7 @@ class OffPolicyConfig(_Strict):
     above it."""
 
 
-class KLConfig(_Strict):
+class KLConfig(Strict):
     """Optional KL penalty to a frozen reference model (the starting weights)."""
 
     coef: float = Field(0.0, ge=0)
@@ -110,7 +108,7 @@ class KLConfig(_Strict):
     """k1: log(pi/pi_ref); k3: pi_ref/pi - log(pi_ref/pi) - 1 (unbiased, non-negative)."""
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(Strict):
     """AdamW with linear warmup then cosine (or constant) decay."""
 
     lr: float = Field(1e-5, gt=0)
@@ -130,7 +128,7 @@ class OptimizerConfig(_Strict):
     """Global gradient-norm clip."""
 
 
-class AlgorithmConfig(_Strict):
+class AlgorithmConfig(Strict):
     """Everything that decides the gradient, given a batch of scored groups."""
 
     advantage: AdvantageConfig = Field(default_factory=GRPOAdvantage)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from configs.schema import RunConfig
+from temper.configs.schema import RunConfig
 
 
 class ConfigError(ValueError):

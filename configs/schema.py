@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from configs.algorithm import AlgorithmConfig, OptimizerConfig
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from temper.configs.algorithm import AlgorithmConfig, OptimizerConfig
+from temper.configs.base import Strict
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """The policy: any local Hugging Face causal-LM folder that both transformers and vLLM load."""
 
     path: str = ""
@@ -26,7 +23,7 @@ class ModelConfig(_Strict):
     """Learner and engine dtype. fp32 on CPU keeps rollout/learner log-probs equal to ~1e-6."""
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Prompts: JSONL rows read through `datasets`; each row has the prompt and a verifiable label."""
 
     train: str = ""
@@ -43,7 +40,7 @@ class DataConfig(_Strict):
     """Reshuffle the training prompts every epoch (seeded)."""
 
 
-class SamplingConfig(_Strict):
+class SamplingConfig(Strict):
     """vLLM sampling for rollouts (eval is greedy)."""
 
     temperature: float = Field(1.0, ge=0)
@@ -58,7 +55,7 @@ class SamplingConfig(_Strict):
     """Extra stop strings (the tokenizer's EOS always stops)."""
 
 
-class EngineConfig(_Strict):
+class EngineConfig(Strict):
     """The vLLM engine inside each rollout worker."""
 
     kv_cache_gb: float = Field(1.0, gt=0)
@@ -77,7 +74,7 @@ class EngineConfig(_Strict):
     """Any other `vllm.AsyncEngineArgs` field, passed through unchanged."""
 
 
-class RolloutConfig(_Strict):
+class RolloutConfig(Strict):
     """Rollout workers: each a Ray actor with one vLLM engine, looping on its own shard of prompts."""
 
     num_workers: int = Field(1, ge=1)
@@ -92,7 +89,7 @@ class RolloutConfig(_Strict):
     """Engine parameters."""
 
 
-class BufferConfig(_Strict):
+class BufferConfig(Strict):
     """The replay buffer between workers and learner."""
 
     capacity_groups: int = Field(1024, ge=1)
@@ -106,7 +103,7 @@ class BufferConfig(_Strict):
     """The run stops with an explanation when a batch takes longer than this to fill."""
 
 
-class LearnerConfig(_Strict):
+class LearnerConfig(Strict):
     """The learner: model, optimizer, batch shape, device."""
 
     steps: int = Field(100, ge=1)
@@ -143,7 +140,7 @@ class LearnerConfig(_Strict):
         return self
 
 
-class RewardTerm(_Strict):
+class RewardTerm(Strict):
     """One verifier in the reward rubric."""
 
     verifier: str
@@ -156,7 +153,7 @@ class RewardTerm(_Strict):
     """Key of this term in the breakdown (default: the verifier name)."""
 
 
-class RewardsConfig(_Strict):
+class RewardsConfig(Strict):
     """The reward rubric: a weighted sum of verifiers."""
 
     terms: list[RewardTerm] = Field(default_factory=lambda: [RewardTerm(verifier="math")], min_length=1)
@@ -169,7 +166,7 @@ class RewardsConfig(_Strict):
     """Scoring processes per rollout worker (0 = number of cores)."""
 
 
-class EnvironmentConfig(_Strict):
+class EnvironmentConfig(Strict):
     """The environment that turns a prompt row into an episode."""
 
     name: str = "single_turn"
@@ -178,7 +175,7 @@ class EnvironmentConfig(_Strict):
     """Environment parameters, validated against the environment's own schema."""
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Strict):
     """Held-out accuracy, greedy, on the eval split."""
 
     every_steps: int = Field(0, ge=0)
@@ -187,7 +184,7 @@ class EvalConfig(_Strict):
     """Evaluate on the first N held-out rows during training (0 = all); before/after always use all."""
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(Strict):
     """Run directory, metrics, plots."""
 
     run_dir: str = "runs"
@@ -198,7 +195,7 @@ class LoggingConfig(_Strict):
     """Write every scored sample to rollouts.jsonl (replayable by `temper rewards replay`)."""
 
 
-class CheckpointConfig(_Strict):
+class CheckpointConfig(Strict):
     """Checkpoints of learner weights, optimizer and buffer."""
 
     every_steps: int = Field(0, ge=0)
@@ -207,7 +204,7 @@ class CheckpointConfig(_Strict):
     """Save the final policy as an HF folder in the run directory."""
 
 
-class WeightSyncConfig(_Strict):
+class WeightSyncConfig(Strict):
     """How new weights travel from the learner to the rollout engines (always through vLLM's
     weight-transfer API; this picks the data plane)."""
 
@@ -220,7 +217,7 @@ class WeightSyncConfig(_Strict):
     """ipc/nccl: send weights in packed fixed-size buffers (bounded memory, fewer calls)."""
 
 
-class RayConfig(_Strict):
+class RayConfig(Strict):
     """Where the run finds Ray and what each role asks of it."""
 
     address: str | None = None
@@ -237,7 +234,7 @@ class RayConfig(_Strict):
     """GPUs for the learner."""
 
 
-class DemoConfig(_Strict):
+class DemoConfig(Strict):
     """Self-made demo model and task: built (and cached) when missing, then used as model/data."""
 
     enabled: bool = False
@@ -260,7 +257,7 @@ class DemoConfig(_Strict):
     """Transformer layers."""
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     """A whole run. Recipes are TOML files of this shape; `--set a.b=v` overrides any field."""
 
     name: str = "run"

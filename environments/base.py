@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from temper.configs.base import NoParams
 
 
 class CompletionLike(Protocol):
@@ -29,7 +31,7 @@ Generate = Callable[[list[int], int], Awaitable[list[CompletionLike]]]
 
 @dataclass(frozen=True)
 class Episode:
-    """What an environment hands back for one sample (see rollout.types.Sample for the field meanings)."""
+    """What an environment hands back for one sample (see temper.rollout.types.Sample for the field meanings)."""
 
     prompt: str | list[dict[str, Any]]
     prompt_token_ids: tuple[int, ...]
@@ -46,10 +48,6 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     """Token ids of `messages` under the tokenizer's chat template, ready for the assistant's turn."""
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer.encode(text, add_special_tokens=False)
-
-
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Environment(ABC):

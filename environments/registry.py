@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import functools
 
-from configs.plugins import resolve_plugin
-from environments.base import Environment
+from temper.configs.plugins import resolve_plugin
+from temper.environments.base import Environment
 
 BUILTIN_ENVIRONMENTS: dict[str, str] = {
-    "single_turn": "environments.single_turn:SingleTurnEnvironment",
+    "single_turn": "temper.environments.single_turn:SingleTurnEnvironment",
 }
 
 
@@ -18,5 +18,5 @@ def resolve_environment(name: str) -> type[Environment]:
     """Built-in name, then `module:attr`, then entry point; ValueError listing known names otherwise."""
     cls = resolve_plugin(name, "environment", BUILTIN_ENVIRONMENTS, "temper.environments")
     if not (isinstance(cls, type) and issubclass(cls, Environment)):
-        raise TypeError(f"environment {name!r} is not an environments.base.Environment subclass")
+        raise TypeError(f"environment {name!r} is not a temper.environments.base.Environment subclass")
     return cls

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from environments.base import Environment, Episode, Generate
+from temper.environments.base import Environment, Episode, Generate
 
 
 class SingleTurnEnvironment(Environment):

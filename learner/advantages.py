@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from configs.algorithm import AdvantageConfig, DrGRPOAdvantage, GRPOAdvantage, RLOOAdvantage
+from temper.configs.algorithm import AdvantageConfig, DrGRPOAdvantage, GRPOAdvantage, RLOOAdvantage
 
 
 def _grpo(rewards_GN: torch.Tensor, cfg: GRPOAdvantage) -> torch.Tensor:

@@ -9,7 +9,7 @@ mini-batch so accumulation is exact; then clip, step, schedule. `sync_weights` t
 weights into every rollout engine through vLLM's weight-transfer API (learner/weight_sync.py: a /dev/shm
 folder on CPU, CUDA IPC or NCCL on GPUs), between engine steps.
 
-A plain class: tests use it directly; learner/actors.py makes it a Ray actor.
+A plain class: tests use it directly; temper/actors.py makes it a Ray actor.
 """
 
 from __future__ import annotations
@@ -23,11 +23,17 @@ from typing import Any
 
 import torch
 
-from configs.schema import RunConfig
-from learner.advantages import compute_advantages
-from learner.batching import pad_right, plan_micro_batches
-from learner.losses import PolicyBatch, accumulate_metrics, finalize_metrics, loss_normalizer, policy_loss
-from rollout.types import Group, Sample
+from temper.configs.schema import RunConfig
+from temper.learner.advantages import compute_advantages
+from temper.learner.batching import pad_right, plan_micro_batches
+from temper.learner.losses import (
+    PolicyBatch,
+    accumulate_metrics,
+    finalize_metrics,
+    loss_normalizer,
+    policy_loss,
+)
+from temper.rollout.types import Group, Sample
 
 LEARNER_STATE = "learner_state.pt"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -249,13 +255,13 @@ class Learner:
     # ------------------------------------------------------------------ weights out
     def prepare_sync(self) -> None:
         """Import vLLM's weight-transfer code (~11 s of CPU) now, while the engines start."""
-        import learner.weight_sync  # noqa: F401
+        import temper.learner.weight_sync  # noqa: F401
 
     def connect_engines(self, invoke, num_engines: int, engine_world_size: int = 1) -> str:
         """Handshake with the rollout engines through vLLM's weight-transfer API (learner/weight_sync.py).
 
         invoke(method, kwargs per engine) calls one `weights_*` method on every engine and waits."""
-        from learner.weight_sync import EngineClient, connect
+        from temper.learner.weight_sync import EngineClient, connect
 
         ws = self.cfg.weight_sync
         self.engines = EngineClient(invoke, num_engines, engine_world_size)
@@ -264,11 +270,11 @@ class Learner:
         )
         return ws.backend
 
-    def sync_weights(self) -> float:
-        """Push the current weights to every engine as `self.version`; returns the seconds it took."""
+    def sync_weights(self, version: int) -> float:
+        """Push the current weights to every engine, labelled `version`; returns the seconds it took."""
         t0 = time.perf_counter()
-        self.engines.version = self.version
-        self.transfer.send_weights()
+        with self.engines.labelled(version):
+            self.transfer.send_weights()
         return time.perf_counter() - t0
 
     def save_hf(self, out_dir: str) -> str:

@@ -67,7 +67,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from configs.algorithm import AlgorithmConfig, CISPOLoss, ClippedLoss, GSPOLoss
+from temper.configs.algorithm import AlgorithmConfig, CISPOLoss, ClippedLoss, GSPOLoss
 
 
 @dataclass(kw_only=True)

@@ -20,6 +20,7 @@ Importing this module imports vLLM (~11 s of CPU); a job's learner does so while
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 from collections.abc import Callable, Iterator
@@ -47,8 +48,17 @@ class EngineClient:
         self.invoke = invoke
         self.num_engines = num_engines
         self.engine_world_size = engine_world_size
-        self.version = 0
-        """The version the next finish_weight_update labels (vLLM's trainer engines pass none)."""
+        self._version: int | None = None  # set only inside `labelled`
+
+    @contextlib.contextmanager
+    def labelled(self, version: int) -> Iterator[None]:
+        """vLLM's trainer engines call finish_weight_update() without a version: inside this block, the
+        engines label the weights they finish loading as `version`."""
+        self._version = version
+        try:
+            yield
+        finally:
+            self._version = None
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
         infos = []
@@ -66,7 +76,8 @@ class EngineClient:
         self.invoke("weights_update", [{"update_info": update_info}] * self.num_engines)
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
-        version = int(weight_version) if weight_version is not None else self.version
+        version = int(weight_version) if weight_version is not None else self._version
+        assert version is not None, "finish_weight_update outside EngineClient.labelled(version)"
         self.invoke("weights_finish", [{"version": version}] * self.num_engines)
 
 
@@ -144,7 +155,8 @@ except ValueError:  # already registered in this process
     pass
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
@@ -164,7 +176,7 @@ def trainer_init_info(backend: str, client: EngineClient, root: str, packed: boo
         address = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
         world_size = 1 + client.num_engines * client.engine_world_size
         return NCCLTrainerInitInfo(
-            rank=0, master_address=address, master_port=_free_port(), world_size=world_size, packed=packed
+            rank=0, master_address=address, master_port=free_port(), world_size=world_size, packed=packed
         )
     raise ValueError(f"weight_sync.backend: unknown backend {backend!r} (shm, ipc or nccl)")
 

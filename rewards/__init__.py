@@ -4,6 +4,6 @@ Kept import-light on purpose: importing `rewards` loads only the contract, so th
 validation start instantly; the math verifier (sympy) loads when a rubric first names it.
 """
 
-from rewards.base import NoParams, Verifier, VerifyRequest, VerifyResult
+from temper.rewards.base import NoParams, Verifier, VerifyRequest, VerifyResult
 
 __all__ = ["NoParams", "Verifier", "VerifyRequest", "VerifyResult"]

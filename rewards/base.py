@@ -9,10 +9,12 @@ with the reason — the only place in temper that swallows exceptions.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from temper.configs.base import NoParams
 
 
 @dataclass(frozen=True)
@@ -41,21 +43,15 @@ class VerifyResult:
     breakdown: named sub-scores or verdicts (JSON-serialisable), e.g. {"correct": 1.0, "format": 0.0}.
     error: why the score is 0 when the verifier could not judge (unparsable, timeout, crash), else None.
     seconds: wall time spent judging.
+    correct: set by the rubric on its combined result: whether the correctness term (rewards.correct_term,
+        default the first term) earned full score. What accuracy counts. None on one verifier's result.
     """
 
     score: float
     breakdown: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class NoParams(BaseModel):
-    """Parameters of a verifier that takes none."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    correct: bool | None = None
 
 
 class Verifier(ABC):

@@ -15,14 +15,14 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from configs.load import ConfigError
-from configs.schema import RewardsConfig, RewardTerm
-from rewards.base import VerifyRequest, VerifyResult
+from temper.configs.data import DataError, read_jsonl
+from temper.configs.load import ConfigError
+from temper.configs.schema import RewardsConfig, RewardTerm
+from temper.rewards.base import VerifyRequest, VerifyResult
 
 
 class UsageError(Exception):
@@ -34,27 +34,12 @@ class UsageError(Exception):
 def read_rows(path: str, required: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) for every non-blank line; UsageError naming file:line on any bad line."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not UTF-8 text") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UsageError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise UsageError(f"{path}:{number}: missing field {', '.join(map(repr, missing))}")
+        rows = read_jsonl(path, required)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    for number, row in rows:
         if "response" in required and not isinstance(row["response"], str):
             raise UsageError(f"{path}:{number}: 'response' must be a string")
-        rows.append((number, row))
     return rows
 
 
@@ -80,7 +65,7 @@ def rewards_config(args: argparse.Namespace, n_rows: int) -> RewardsConfig:
     if getattr(args, "config", None):
         if args.verifier:
             raise UsageError("give either --config or --verifier, not both")
-        from configs.load import load_config
+        from temper.configs.load import load_config
 
         cfg = load_config(args.config).rewards
     else:
@@ -97,14 +82,14 @@ def rewards_config(args: argparse.Namespace, n_rows: int) -> RewardsConfig:
     if args.timeout is not None:
         updates["timeout_s"] = args.timeout
     cfg = RewardsConfig.model_validate({**cfg.model_dump(), **updates})
-    from rewards.rubric import validate_rewards_config
+    from temper.rewards.rubric import validate_rewards_config
 
     validate_rewards_config(cfg)
     return cfg
 
 
 def score_all(cfg: RewardsConfig, requests: list[VerifyRequest]) -> list[VerifyResult]:
-    from rewards.pool import RewardScorer
+    from temper.rewards.pool import RewardScorer
 
     with RewardScorer(cfg) as scorer:
         return scorer.score(requests)
@@ -168,7 +153,7 @@ def _scored(row: dict[str, Any], res: VerifyResult) -> dict[str, Any]:
 # ---- commands ----------------------------------------------------------------------------------------
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rewards.registry import list_verifiers
+    from temper.rewards.registry import list_verifiers
 
     infos = list_verifiers()
     if args.format == "json":

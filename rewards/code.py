@@ -72,8 +72,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rewards.base import Verifier, VerifyRequest, VerifyResult
-from rewards.sandbox import Sandbox, SandboxUnavailable
+from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
+from temper.rewards.sandbox import Sandbox, SandboxUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rewards.base import Verifier, VerifyRequest, VerifyResult
+from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
 
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{|\\boxed\s+(?=[^\s{])")
 # What may stand between two boxes of one multi-part answer: separators, "and", spacing commands,

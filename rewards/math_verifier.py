@@ -30,8 +30,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rewards.base import Verifier, VerifyRequest, VerifyResult
-from rewards.format import final_boxed
+from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
+from temper.rewards.format import final_boxed
 
 # sympy and Math-Verify take ~3 s to import: they load in MathVerifier.__init__ (once per scoring
 # process), so that `temper rewards list` and config validation, which only need MathParams, stay fast.

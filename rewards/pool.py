@@ -21,10 +21,10 @@ import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Self
 
-from configs.schema import RewardsConfig
-from rewards.base import VerifyRequest, VerifyResult
-from rewards.registry import build_verifier, resolve_verifier
-from rewards.rubric import combine, run_verifier, term_name, validate_rewards_config
+from temper.configs.schema import RewardsConfig
+from temper.rewards.base import VerifyRequest, VerifyResult
+from temper.rewards.registry import build_verifier, resolve_verifier
+from temper.rewards.rubric import combine, correct_term_name, run_verifier, term_name, validate_rewards_config
 
 STARTUP_TIMEOUT_S = 120.0  # importing sympy & co. in a fresh process; not part of any sample's budget
 
@@ -39,7 +39,7 @@ def _watch_parent(parent_pid: int) -> None:
 def _worker_main(conn: Any, cfg_json: str, indices: list[int], parent_pid: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     try:
-        from rewards.registry import build_verifier
+        from temper.rewards.registry import build_verifier
 
         cfg = RewardsConfig.model_validate_json(cfg_json)
         verifiers = {i: build_verifier(cfg.terms[i].verifier, cfg.terms[i].params) for i in indices}
@@ -132,6 +132,7 @@ class RewardScorer:
         self.cfg = cfg
         validate_rewards_config(cfg)
         self.weights = [(term_name(t), t.weight) for t in cfg.terms]
+        self.correct_term = correct_term_name(cfg)
         # Only inline verifiers are built here: the others (and their heavy imports) live in the workers.
         self.inline = [getattr(resolve_verifier(t.verifier), "isolation", "process") == "inline" for t in cfg.terms]
         self._inline_verifiers = {
@@ -195,7 +196,7 @@ class RewardScorer:
     def score(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
         """Score all requests in parallel; results in the same order."""
         futures = self._submit(requests)
-        return [combine(self.weights, [f.result() for f in per_request]) for per_request in futures]
+        return [combine(self.weights, [f.result() for f in per_request], self.correct_term) for per_request in futures]
 
     async def ascore(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
         """Like score, awaited without blocking the event loop (the work runs in threads/processes)."""
@@ -203,7 +204,7 @@ class RewardScorer:
         out = []
         for per_request in futures:
             results = await asyncio.gather(*(asyncio.wrap_future(f) for f in per_request))
-            out.append(combine(self.weights, list(results)))
+            out.append(combine(self.weights, list(results), self.correct_term))
         return out
 
     def stats(self) -> dict[str, Any]:

@@ -15,13 +15,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from configs.plugins import plugin_entry_points, resolve_plugin
-from rewards.base import NoParams, Verifier, VerifyRequest, VerifyResult
+from temper.configs.plugins import plugin_entry_points, resolve_plugin
+from temper.rewards.base import NoParams, Verifier, VerifyRequest, VerifyResult
 
 BUILTIN_VERIFIERS: dict[str, str] = {
-    "math": "rewards.math_verifier:MathVerifier",
-    "format": "rewards.format:FormatVerifier",
-    "code": "rewards.code:CodeVerifier",
+    "math": "temper.rewards.math_verifier:MathVerifier",
+    "format": "temper.rewards.format:FormatVerifier",
+    "code": "temper.rewards.code:CodeVerifier",
 }
 ENTRY_POINT_GROUP = "temper.verifiers"
 
@@ -39,7 +39,7 @@ def known_names() -> list[str]:
 def _check(name: str, obj: Any) -> type[Verifier] | Callable[..., Any]:
     if inspect.isclass(obj):
         if not issubclass(obj, Verifier):
-            raise ValueError(f"verifier {name!r}: class {obj.__name__} is not a rewards.base.Verifier")
+            raise ValueError(f"verifier {name!r}: class {obj.__name__} is not a temper.rewards.base.Verifier")
         return obj
     if callable(obj):
         return obj

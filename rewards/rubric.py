@@ -13,14 +13,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from configs.load import ConfigError
-from configs.schema import RewardsConfig, RewardTerm
-from rewards.base import Verifier, VerifyRequest, VerifyResult
-from rewards.registry import params_model, resolve_verifier
+from temper.configs.load import ConfigError
+from temper.configs.schema import RewardsConfig, RewardTerm
+from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
+from temper.rewards.registry import params_model, resolve_verifier
 
 
 def term_name(term: RewardTerm) -> str:
     return term.name or term.verifier
+
+
+def correct_term_name(cfg: RewardsConfig) -> str:
+    """The breakdown key whose full score makes a sample "correct" (what accuracy counts)."""
+    return cfg.correct_term or term_name(cfg.terms[0])
 
 
 def validate_rewards_config(cfg: RewardsConfig) -> None:
@@ -59,8 +64,9 @@ class Term:
     verifier: Verifier
 
 
-def combine(terms: list[tuple[str, float]], results: list[VerifyResult]) -> VerifyResult:
-    """Weighted sum of per-term results (in term order) into one result with a flat breakdown."""
+def combine(terms: list[tuple[str, float]], results: list[VerifyResult], correct_term: str) -> VerifyResult:
+    """Weighted sum of per-term results (in term order) into one result with a flat breakdown; correct when
+    the term named `correct_term` scored in full."""
     score, seconds = 0.0, 0.0
     breakdown: dict[str, Any] = {}
     errors = []
@@ -72,7 +78,7 @@ def combine(terms: list[tuple[str, float]], results: list[VerifyResult]) -> Veri
             breakdown[f"{name}/{key}"] = value
         if res.error:
             errors.append(f"{name}: {res.error}")
-    return VerifyResult(score, breakdown, "; ".join(errors) or None, seconds)
+    return VerifyResult(score, breakdown, "; ".join(errors) or None, seconds, float(breakdown[correct_term]) >= 1.0)
 
 
 def run_verifier(verifier: Verifier, request: VerifyRequest) -> VerifyResult:
@@ -91,19 +97,21 @@ class Rubric:
     """Verifiers with weights. `score` runs them in this process with no timeout; the scoring pool
     (rewards/pool.py) is what runs them under a hard timeout."""
 
-    def __init__(self, terms: list[Term]) -> None:
+    def __init__(self, terms: list[Term], correct_term: str | None = None) -> None:
         self.terms = terms
+        self.correct_term = correct_term or terms[0].name
 
     @classmethod
     def from_config(cls, cfg: RewardsConfig) -> Rubric:
-        from rewards.registry import build_verifier
+        from temper.rewards.registry import build_verifier
 
         validate_rewards_config(cfg)
-        return cls([Term(term_name(t), t.weight, build_verifier(t.verifier, t.params)) for t in cfg.terms])
+        terms = [Term(term_name(t), t.weight, build_verifier(t.verifier, t.params)) for t in cfg.terms]
+        return cls(terms, correct_term_name(cfg))
 
     @property
     def weights(self) -> list[tuple[str, float]]:
         return [(t.name, t.weight) for t in self.terms]
 
     def score(self, request: VerifyRequest) -> VerifyResult:
-        return combine(self.weights, [run_verifier(t.verifier, request) for t in self.terms])
+        return combine(self.weights, [run_verifier(t.verifier, request) for t in self.terms], self.correct_term)

@@ -9,7 +9,8 @@ Two mechanisms keep data fresh, as in AReaL:
   that straddled several updates, a slow worker).
 Dropped groups (stale, zero-variance, overflow) are counted by reason and reported with each batch.
 
-A plain asyncio class: tests drive it directly; rollout/ray_actors.py wraps it as a Ray actor.
+A plain asyncio class: tests drive it directly; temper/actors.py makes it a Ray actor, and workers reach it
+through `RemoteBuffer` below.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter, deque
-from pathlib import Path
 from typing import Any
 
-from configs.schema import BufferConfig
-from rollout.types import Group, Sample
+from temper.configs.schema import BufferConfig
+from temper.rollout.types import Group, Sample
 
 
 class ReplayBuffer:
@@ -155,19 +155,13 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.groups = deque(
-            Group(g["group_id"], tuple(_sample_from_json(s) for s in g["samples"])) for g in state["groups"]
+            Group(g["group_id"], tuple(Sample.from_json(s) for s in g["samples"])) for g in state["groups"]
         )
         self.learner_version = state["learner_version"]
         self.added, self.consumed = state["added"], state["consumed"]
         self.dropped = Counter(state["dropped"])
         # Groups in flight at save time are lost; restart the throttle from what is held.
         self.started = self.consumed + len(self.groups) + sum(self.dropped.values())
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.state_dict()))
-
-    def load(self, path: str | Path) -> None:
-        self.load_state_dict(json.loads(Path(path).read_text()))
 
     async def close(self) -> None:
         async with self._changed:
@@ -178,6 +172,17 @@ class ReplayBuffer:
             self._rollouts = None
 
 
-def _sample_from_json(d: dict[str, Any]) -> Sample:
-    tuples = ("prompt_token_ids", "completion_token_ids", "logprobs", "loss_mask", "versions")
-    return Sample(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
+class RemoteBuffer:
+    """What a RolloutWorker needs of the buffer (`BufferLike`), forwarded to the buffer's Ray actor."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def acquire_slot(self) -> bool:
+        return await self.handle.acquire_slot.remote()
+
+    async def release_slot(self) -> None:
+        await self.handle.release_slot.remote()
+
+    async def put(self, group: Group) -> None:
+        await self.handle.put.remote(group)

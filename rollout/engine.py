@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configs.schema import EngineConfig, SamplingConfig
+from temper.configs.schema import EngineConfig, SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _engine_args(
         "enforce_eager": cfg.enforce_eager,
         "enable_prefix_caching": True,
         "max_logprobs": 1,
-        "worker_extension_cls": "rollout.vllm_worker_ext.TemperWorkerExtension",
+        "worker_extension_cls": "temper.rollout.vllm_worker_ext.TemperWorkerExtension",
         "weight_transfer_config": {"backend": VLLM_BACKENDS[weight_sync]},
     }
     if processed_logprobs:

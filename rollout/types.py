@@ -8,8 +8,14 @@ re-score them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from temper.environments.base import Episode
+from temper.rewards.base import VerifyResult
+
+# Fields stored as tuples (JSON gives lists back).
+_TUPLE_FIELDS = ("prompt_token_ids", "completion_token_ids", "logprobs", "loss_mask", "versions")
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,23 @@ class Sample:
         n = len(self.completion_token_ids)
         assert len(self.logprobs) == n and len(self.loss_mask) == n, "per-token fields must align"
 
+    @classmethod
+    def from_episode(
+        cls, episode: Episode, result: VerifyResult, *, id: str, group_id: str, label: Any, metadata: dict[str, Any]
+    ) -> Sample:
+        """An environment's episode plus the scorer's verdict on it."""
+        own = {f.name: getattr(episode, f.name) for f in fields(Episode)}
+        return cls(
+            id=id, group_id=group_id, label=label, metadata=metadata, **own,
+            reward=result.score, correct=bool(result.correct), breakdown=result.breakdown, error=result.error,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Sample:
+        return cls(**{k: tuple(v) if k in _TUPLE_FIELDS else v for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -65,7 +86,3 @@ class Group:
     @property
     def rewards(self) -> list[float]:
         return [s.reward for s in self.samples]
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(s.completion_token_ids) for s in self.samples)

@@ -5,7 +5,7 @@ throttle), run the environment for `group_size` episodes, score them, put the gr
 `max_concurrent_groups` of these run at once so the engine always has a full batch; weight updates arrive
 on the same event loop between engine steps and never interrupt a request.
 
-A plain class with async methods: tests run it in asyncio with a local ReplayBuffer; rollout/ray_actors.py
+A plain class with async methods: tests run it in asyncio with a local ReplayBuffer; temper/actors.py
 makes it a Ray actor.
 """
 
@@ -16,23 +16,16 @@ import random
 import traceback
 from typing import Any, Protocol
 
-from configs.schema import RunConfig
-from environments.registry import resolve_environment
-from rollout.types import Group, Sample
+from temper.configs.data import load_rows
+from temper.configs.schema import RunConfig
+from temper.environments.registry import resolve_environment
+from temper.rollout.types import Group, Sample
 
 
 class BufferLike(Protocol):
     async def acquire_slot(self) -> bool: ...
     async def release_slot(self) -> None: ...
     async def put(self, group: Group) -> None: ...
-
-
-def load_rows(path: str) -> list[dict[str, Any]]:
-    """JSONL rows through `datasets` (so any local JSON/JSONL `datasets` reads works)."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    return list(datasets.load_dataset("json", data_files=path, split="train"))
 
 
 class RolloutWorker:
@@ -52,8 +45,8 @@ class RolloutWorker:
     async def start(self, model_path: str | None = None, version: int = 0) -> None:
         """Build the engine, the environment and the scoring pool (slow: call once). model_path/version:
         the weights to start from (default model.path as version 0; a checkpoint when resuming)."""
-        from rewards.pool import RewardScorer
-        from rollout.engine import Engine
+        from temper.rewards.pool import RewardScorer
+        from temper.rollout.engine import Engine
 
         cfg = self.cfg
         self.engine = Engine(
@@ -127,7 +120,7 @@ class RolloutWorker:
 
     async def rollout_group(self, group_id: str, row: dict[str, Any], greedy: bool = False) -> Group:
         """Run and score one group of `row`: `group_size` sampled episodes, or one greedy episode."""
-        from rewards.base import VerifyRequest
+        from temper.rewards.base import VerifyRequest
 
         async def generate(prompt_ids: list[int], n: int):
             return await self.engine.generate(prompt_ids, 1 if greedy else n, greedy=greedy)
@@ -140,39 +133,13 @@ class RolloutWorker:
             [VerifyRequest(e.response, label, e.prompt, metadata, e.messages) for e in episodes]
         )
         samples = [
-            Sample(
-                id=f"{group_id}-s{j}",
-                group_id=group_id,
-                prompt=e.prompt,
-                response=e.response,
-                label=label,
-                prompt_token_ids=e.prompt_token_ids,
-                completion_token_ids=e.completion_token_ids,
-                logprobs=e.logprobs,
-                loss_mask=e.loss_mask,
-                versions=e.versions,
-                reward=r.score,
-                correct=self._is_correct(r),
-                breakdown=r.breakdown,
-                error=r.error,
-                finish_reason=e.finish_reason,
-                metadata=metadata,
-                messages=e.messages,
-            )
-            for j, (e, r) in enumerate(zip(episodes, results))
+            Sample.from_episode(e, r, id=f"{group_id}-s{j}", group_id=group_id, label=label, metadata=metadata)
+            for j, (e, r) in enumerate(zip(episodes, results, strict=True))
         ]
         if not greedy:
             self.generated_tokens += sum(sum(e.loss_mask) for e in episodes)
             self.finished_groups += 1
         return Group(group_id, tuple(samples))
-
-    def _is_correct(self, result) -> bool:
-        """Accuracy counts the rubric's correctness term (default: its first term) at full score; the
-        rubric always puts each term's own score in the breakdown under the term's name."""
-        from rewards.rubric import term_name
-
-        key = self.cfg.rewards.correct_term or term_name(self.cfg.rewards.terms[0])
-        return float(result.breakdown[key]) >= 1.0
 
     # ------------------------------------------------------------------ control
     # The learner drives these through vLLM's weight-transfer API (learner/weight_sync.py).

@@ -4,7 +4,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from configs.schema import DemoConfig
+from temper.configs.schema import DemoConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -26,7 +25,7 @@ def tiny_demo(cache_dir: str) -> DemoConfig:
 
 @pytest.fixture(scope="session")
 def demo_assets(tmp_path_factory):
-    from learner.demo import ensure_demo_assets
+    from temper.demo import ensure_demo_assets
 
     cfg = tiny_demo(str(tmp_path_factory.mktemp("demo-cache")))
     return {**ensure_demo_assets(cfg, log=lambda *_: None), "demo": cfg}
@@ -62,8 +61,8 @@ def shared_engine(demo_assets):
     import asyncio
     import threading
 
-    from configs.schema import EngineConfig, SamplingConfig
-    from rollout.engine import Engine
+    from temper.configs.schema import EngineConfig, SamplingConfig
+    from temper.rollout.engine import Engine
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -116,17 +115,13 @@ def local_engines(*engines):
     return invoke
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A `ray start --head` cluster of our own (private temp dir, free ports), as a user would run."""
+    from temper.learner.weight_sync import free_port
+
     temp_dir = tempfile.mkdtemp(prefix="temper-test-ray-", dir="/tmp")
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     # An explicit token: the same whether or not this machine has a ~/.ray/auth_token already.
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}

@@ -9,11 +9,12 @@ import math
 import pytest
 from conftest import REPO, local_engines, tiny_overrides
 
-from configs.load import load_config
-from learner.learner import Learner
-from learner.train import prepare
-from rewards.pool import RewardScorer
-from rollout.worker import RolloutWorker, load_rows
+from temper.configs.data import load_rows
+from temper.configs.load import load_config
+from temper.job import prepare
+from temper.learner.learner import Learner
+from temper.rewards.pool import RewardScorer
+from temper.rollout.worker import RolloutWorker
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ def test_recipe_trains_two_real_steps(recipe, tmp_path, demo_assets, shared_engi
         for step in (1, 2):
             groups = engine.run(groups_of(step))
             steps.append(learner.train_step(list(groups)))
-            learner.sync_weights()
+            learner.sync_weights(steps[-1]["version"])
     assert [m["version"] for m in steps] == [1, 2]
     for m in steps:
         assert math.isfinite(m["learner/loss"]) and math.isfinite(m["learner/grad_norm"])

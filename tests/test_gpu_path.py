@@ -14,13 +14,13 @@ import pytest
 import torch
 from conftest import REPO, VENV_BIN, hf_logprobs, local_engines, tiny_job_overrides
 
-from configs.schema import EngineConfig, RunConfig, SamplingConfig
+from temper.configs.schema import EngineConfig, RunConfig, SamplingConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 
 def engine_on_a_loop(model_path: str, backend: str):
-    from rollout.engine import Engine
+    from temper.rollout.engine import Engine
 
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -40,8 +40,8 @@ def engine_on_a_loop(model_path: str, backend: str):
 
 
 def test_learner_on_cuda_pushes_weights_by_cuda_ipc(demo_assets, tmp_path):
-    from learner.learner import Learner
-    from rollout.types import Group, Sample
+    from temper.learner.learner import Learner
+    from temper.rollout.types import Group, Sample
 
     model_path = os.environ.get("TEMPER_GPU_MODEL", demo_assets["model"])
     cfg = RunConfig.model_validate(
@@ -66,7 +66,7 @@ def test_learner_on_cuda_pushes_weights_by_cuda_ipc(demo_assets, tmp_path):
         )
         metrics = learner.train_step([Group("g", samples)])
         (old,) = engine.run(engine.generate(ids, 1, greedy=True))
-        seconds = [learner.sync_weights() for _ in range(3)]  # the first pays for setting up CUDA IPC
+        seconds = [learner.sync_weights(metrics["version"]) for _ in range(3)]  # the first pays for setting up CUDA IPC
         (new,) = engine.run(engine.generate(ids, 1, greedy=True))
     finally:
         engine.shutdown()

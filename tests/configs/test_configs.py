@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from configs.load import ConfigError, load_config, parse_override
-from configs.schema import RunConfig
+from temper.configs.load import ConfigError, load_config, parse_override
+from temper.configs.schema import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "configs").rglob("*.toml"))
@@ -25,7 +25,7 @@ def test_every_recipe_parses(path):
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_has_valid_reward_params(path):
-    from rewards.rubric import validate_rewards_config
+    from temper.rewards.rubric import validate_rewards_config
 
     validate_rewards_config(load_config(path).rewards)
 
@@ -112,7 +112,7 @@ def test_model_and_data_required_without_demo(tmp_path):
 
 
 def test_bad_verifier_params_fail_at_load(tmp_path):
-    from rewards.rubric import validate_rewards_config
+    from temper.rewards.rubric import validate_rewards_config
 
     p = _write(tmp_path, "[demo]\nenabled = true\n[[rewards.terms]]\nverifier = 'math'\nparams = { requre_boxed = true }\n")
     with pytest.raises(ConfigError, match=r"rewards.terms\[0\].params"):

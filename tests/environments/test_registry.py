@@ -2,13 +2,13 @@
 
 import pytest
 
-from environments.registry import resolve_environment
-from environments.single_turn import SingleTurnEnvironment
+from temper.environments.registry import resolve_environment
+from temper.environments.single_turn import SingleTurnEnvironment
 
 
 def test_builtin_and_import_string():
     assert resolve_environment("single_turn") is SingleTurnEnvironment
-    assert resolve_environment("environments.single_turn:SingleTurnEnvironment") is SingleTurnEnvironment
+    assert resolve_environment("temper.environments.single_turn:SingleTurnEnvironment") is SingleTurnEnvironment
 
 
 def test_unknown_name_lists_known_ones():
@@ -22,5 +22,5 @@ def test_import_string_that_does_not_import():
 
 
 def test_not_an_environment():
-    with pytest.raises(TypeError, match="not an environments.base.Environment"):
-        resolve_environment("environments.base:Episode")
+    with pytest.raises(TypeError, match="not a temper.environments.base.Environment"):
+        resolve_environment("temper.environments.base:Episode")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from configs.algorithm import AlgorithmConfig, DrGRPOAdvantage, GRPOAdvantage, RLOOAdvantage
-from learner.advantages import compute_advantages
+from temper.configs.algorithm import AlgorithmConfig, DrGRPOAdvantage, GRPOAdvantage, RLOOAdvantage
+from temper.learner.advantages import compute_advantages
 
 # Three groups of four: one right answer out of four, two out of four, all four right.
 REWARDS_GN = torch.tensor(

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from learner.batching import naive_micro_batches, pad_right, plan_micro_batches
+from temper.learner.batching import naive_micro_batches, pad_right, plan_micro_batches
 
 
 def cost(lengths, batch):

@@ -10,9 +10,22 @@ import itertools
 import pytest
 import torch
 
-from configs.algorithm import AlgorithmConfig, CISPOLoss, ClippedLoss, GSPOLoss, KLConfig, OffPolicyConfig
-from learner.batching import naive_micro_batches, plan_micro_batches
-from learner.losses import PolicyBatch, accumulate_metrics, finalize_metrics, loss_normalizer, policy_loss
+from temper.configs.algorithm import (
+    AlgorithmConfig,
+    CISPOLoss,
+    ClippedLoss,
+    GSPOLoss,
+    KLConfig,
+    OffPolicyConfig,
+)
+from temper.learner.batching import naive_micro_batches, plan_micro_batches
+from temper.learner.losses import (
+    PolicyBatch,
+    accumulate_metrics,
+    finalize_metrics,
+    loss_normalizer,
+    policy_loss,
+)
 
 LENGTHS = [3, 9, 5, 12, 1, 7]
 VOCAB = 11

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from configs.schema import RunConfig
-from learner.learner import Learner, lr_lambda, sequence_logprobs
-from rollout.types import Group, Sample
+from temper.configs.schema import RunConfig
+from temper.learner.learner import Learner, lr_lambda, sequence_logprobs
+from temper.rollout.types import Group, Sample
 
 
 def make_cfg(demo_assets, **learner) -> RunConfig:

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from configs.algorithm import (
+from temper.configs.algorithm import (
     AlgorithmConfig,
     CISPOLoss,
     ClippedLoss,
@@ -21,7 +21,13 @@ from configs.algorithm import (
     KLConfig,
     OffPolicyConfig,
 )
-from learner.losses import PolicyBatch, accumulate_metrics, finalize_metrics, loss_normalizer, policy_loss
+from temper.learner.losses import (
+    PolicyBatch,
+    accumulate_metrics,
+    finalize_metrics,
+    loss_normalizer,
+    policy_loss,
+)
 
 MASK = [[1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]]
 ADV = [1.0, -2.0]

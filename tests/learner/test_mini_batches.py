@@ -9,10 +9,10 @@ the loss is given: every step must clip against the weights from before the batc
 import pytest
 import torch
 
-import learner.learner as learner_module
-from configs.schema import LearnerConfig, RunConfig
-from learner.learner import Learner, sequence_logprobs
-from rollout.types import Group, Sample
+import temper.learner.learner as learner_module
+from temper.configs.schema import LearnerConfig, RunConfig
+from temper.learner.learner import Learner, sequence_logprobs
+from temper.rollout.types import Group, Sample
 
 PROMPT = (1, 100, 101, 102, 10)
 # Two groups per mini-batch of two: completions of different lengths, one rewarded sample per group.

@@ -12,8 +12,15 @@ import math
 import pytest
 import torch
 
-from configs.algorithm import AlgorithmConfig, CISPOLoss, ClippedLoss, GSPOLoss, KLConfig, OffPolicyConfig
-from learner.losses import PolicyBatch, loss_normalizer, policy_loss
+from temper.configs.algorithm import (
+    AlgorithmConfig,
+    CISPOLoss,
+    ClippedLoss,
+    GSPOLoss,
+    KLConfig,
+    OffPolicyConfig,
+)
+from temper.learner.losses import PolicyBatch, loss_normalizer, policy_loss
 
 B, T, VOCAB = 5, 8, 7
 LENGTHS = [8, 2, 5, 1, 6]

@@ -9,8 +9,8 @@ import torch
 from conftest import hf_logprobs, local_engines, prompt_ids
 from test_learner import make_cfg, sample_from
 
-from learner.learner import Learner
-from rollout.types import Group
+from temper.learner.learner import Learner
+from temper.rollout.types import Group
 
 
 class Recorder:
@@ -35,8 +35,7 @@ def test_shm_sync_protocol_versions_and_pruning(demo_assets, tmp_path):
     paths = []
     for version in (1, 2, 3):
         engines.calls.clear()
-        learner.version = version
-        learner.sync_weights()
+        learner.sync_weights(version)
         methods = [(m, i) for m, i, _ in engines.calls]
         assert methods == [("weights_start", 0), ("weights_start", 1), ("weights_update", 0), ("weights_update", 1),
                            ("weights_finish", 0), ("weights_finish", 1)]
@@ -52,7 +51,7 @@ def test_shm_sync_protocol_versions_and_pruning(demo_assets, tmp_path):
 
 def test_nccl_ranks_one_group_for_all_engines():
     """vLLM's NCCL trainer puts every engine at rank_offset 1; with several engines each needs its own ranks."""
-    from learner.weight_sync import EngineClient
+    from temper.learner.weight_sync import EngineClient
 
     engines = Recorder()
     client = EngineClient(engines, num_engines=3, engine_world_size=2)  # e.g. 3 engines of tensor-parallel 2
@@ -62,9 +61,14 @@ def test_nccl_ranks_one_group_for_all_engines():
     assert {kw["init_info"]["world_size"] for _, _, kw in engines.calls} == {7}
 
 
+def with_backend(cfg, backend: str):
+    """cfg with weight_sync.backend set past the schema (which would refuse these): the learner's own checks
+    are what is under test."""
+    return cfg.model_copy(update={"weight_sync": cfg.weight_sync.model_copy(update={"backend": backend})})
+
+
 def test_unknown_backend_is_a_clear_error(demo_assets, tmp_path):
-    cfg = make_cfg(demo_assets).model_copy(deep=True)
-    cfg.weight_sync.backend = "carrier-pigeon"
+    cfg = with_backend(make_cfg(demo_assets), "carrier-pigeon")
     learner = Learner(cfg, str(tmp_path / "w"))
     with pytest.raises(ValueError, match="weight_sync.backend"):
         learner.connect_engines(Recorder(), 1)
@@ -75,7 +79,7 @@ def test_learner_step_reaches_the_real_engine(demo_assets, tmp_path, shared_engi
     engine = shared_engine
     engine.run(engine.load_weights(demo_assets["model"], 0))  # the weights the learner starts from
     cfg = make_cfg(demo_assets, optimizer={"lr": 1e-2})
-    cfg.weight_sync.backend = "shm"
+    assert cfg.weight_sync.backend == "shm"  # auto on CPU
     learner = Learner(cfg, str(tmp_path / "w"))
     assert learner.connect_engines(local_engines(engine), 1) == "shm"
     group = Group("g", (sample_from(learner, "g", 0, [70, 71], 1.0), sample_from(learner, "g", 1, [80], 0.0)))
@@ -84,7 +88,7 @@ def test_learner_step_reaches_the_real_engine(demo_assets, tmp_path, shared_engi
     (before,) = engine.run(engine.generate(ids, 1, greedy=True))
 
     try:
-        seconds = learner.sync_weights()
+        seconds = learner.sync_weights(learner.version)
         (after,) = engine.run(engine.generate(ids, 1, greedy=True))
     finally:
         engine.run(engine.load_weights(demo_assets["model"], 0))  # leave the shared engine as found
@@ -98,14 +102,13 @@ def test_learner_step_reaches_the_real_engine(demo_assets, tmp_path, shared_engi
 
 def test_gpu_backends_handshake_info_and_cpu_refusal(demo_assets, tmp_path):
     """What the learner would send for ipc/nccl (built on CPU; the transfer itself is in test_gpu_path.py)."""
-    from learner.weight_sync import EngineClient, trainer_init_info
+    from temper.learner.weight_sync import EngineClient, trainer_init_info
 
     client = EngineClient(Recorder(), num_engines=3, engine_world_size=2)
     nccl = trainer_init_info("nccl", client, str(tmp_path), packed=True)
     assert (nccl.rank, nccl.world_size, nccl.packed) == (0, 7, True) and nccl.master_port > 0  # 1 + 3 * 2 ranks
     assert trainer_init_info("ipc", client, str(tmp_path), packed=False).packed is False
-    cfg = make_cfg(demo_assets).model_copy(deep=True)
-    cfg.weight_sync.backend = "ipc"
+    cfg = with_backend(make_cfg(demo_assets), "ipc")
     learner = Learner(cfg, str(tmp_path / "w"))
     with pytest.raises(ValueError, match="learner is on cpu"):
         learner.connect_engines(Recorder(), 1)

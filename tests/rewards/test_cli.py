@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rewards.cli import main
+from temper.rewards.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,12 +19,12 @@ def _write(path, rows):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "rewards.cli", *args], check=False, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "temper.rewards.cli", *args], check=False, capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
 
 
 def test_list_is_fast_and_imports_no_torch_vllm_ray():
-    code = ("import sys, time; t = time.time(); from rewards.cli import main; main(['list']); "
+    code = ("import sys, time; t = time.time(); from temper.rewards.cli import main; main(['list']); "
             "print('HEAVY', [m for m in ('torch', 'vllm', 'ray') if m in sys.modules])")
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from rewards import code as code_module
-from rewards.base import VerifyRequest
-from rewards.code import CodeVerifier, Params, extract_code
-from rewards.sandbox import SandboxUnavailable
+from temper.rewards import code as code_module
+from temper.rewards.base import VerifyRequest
+from temper.rewards.code import CodeVerifier, Params, extract_code
+from temper.rewards.sandbox import SandboxUnavailable
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None,
                                  reason="bubblewrap (bwrap) is not installed: apt-get install bubblewrap")

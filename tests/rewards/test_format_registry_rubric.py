@@ -2,12 +2,12 @@
 
 import pytest
 
-from configs.load import ConfigError, load_config
-from configs.schema import RewardsConfig, RewardTerm
-from rewards.base import Verifier, VerifyRequest, VerifyResult
-from rewards.format import FormatParams, FormatVerifier, final_boxed
-from rewards.registry import BUILTIN_VERIFIERS, build_verifier, list_verifiers, resolve_verifier
-from rewards.rubric import Rubric, validate_rewards_config
+from temper.configs.load import ConfigError, load_config
+from temper.configs.schema import RewardsConfig, RewardTerm
+from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
+from temper.rewards.format import FormatParams, FormatVerifier, final_boxed
+from temper.rewards.registry import BUILTIN_VERIFIERS, build_verifier, list_verifiers, resolve_verifier
+from temper.rewards.rubric import Rubric, validate_rewards_config
 
 
 @pytest.mark.parametrize(("text", "parts"), [
@@ -44,7 +44,7 @@ class Echo(Verifier):
 
 
 def test_builtins_and_unknown_names():
-    assert {"math", "format"} <= set(BUILTIN_VERIFIERS) and BUILTIN_VERIFIERS["code"] == "rewards.code:CodeVerifier"
+    assert {"math", "format"} <= set(BUILTIN_VERIFIERS) and BUILTIN_VERIFIERS["code"] == "temper.rewards.code:CodeVerifier"
     assert resolve_verifier("format") is FormatVerifier
     assert resolve_verifier("format") is resolve_verifier("format")  # cached
     with pytest.raises(ValueError, match="known: .*format.*math"):
@@ -75,7 +75,7 @@ def test_list_shows_sources_params_and_unavailable():
     assert {"require_boxed", "allow_plain_number"} <= set(infos["math"].params)
     assert infos["math"].params["require_boxed"]["description"]
     code = infos["code"]
-    assert code.error is None or "rewards.code" in code.error  # listed even while rewards/code.py is missing
+    assert code.error is None or "temper.rewards.code" in code.error  # listed even while rewards/code.py is missing
 
 
 def test_rubric_weights_and_breakdown():

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from rewards.base import VerifyRequest
-from rewards.math_verifier import MathParams, MathVerifier
+from temper.rewards.base import VerifyRequest
+from temper.rewards.math_verifier import MathParams, MathVerifier
 
 R, W = 1.0, 0.0  # right, wrong
 

@@ -23,10 +23,10 @@ def test_plugin_installs_and_is_used_by_name(tmp_path):
         "params = { case_sensitive = true }\n"
     )
     script = textwrap.dedent(f"""
-        from configs.load import load_config
-        from rewards.base import VerifyRequest
-        from rewards.registry import build_verifier, list_verifiers
-        from rewards.rubric import Rubric
+        from temper.configs.load import load_config
+        from temper.rewards.base import VerifyRequest
+        from temper.rewards.registry import build_verifier, list_verifiers
+        from temper.rewards.rubric import Rubric
 
         v = build_verifier("contains_label", {{}})
         assert v.verify(VerifyRequest(response="It is PARIS.", label="Paris")).score == 1.0
@@ -42,7 +42,7 @@ def test_plugin_installs_and_is_used_by_name(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr
-    cli = subprocess.run([sys.executable, "-m", "rewards.cli", "score", "--verifier", "contains_label",
+    cli = subprocess.run([sys.executable, "-m", "temper.rewards.cli", "score", "--verifier", "contains_label",
                           "--response", "Paris!", "--label", "Paris", "--workers", "1", "--format", "json"],
                          check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert cli.returncode == 0 and '"reward": 1.0' in cli.stdout, cli.stderr

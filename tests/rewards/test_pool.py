@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from configs.schema import RewardsConfig, RewardTerm
-from rewards.base import VerifyRequest
-from rewards.pool import RewardScorer
+from temper.configs.schema import RewardsConfig, RewardTerm
+from temper.rewards.base import VerifyRequest
+from temper.rewards.pool import RewardScorer
 
 PLUGIN = textwrap.dedent('''
     import os, time
-    from rewards.base import Verifier, VerifyResult
+    from temper.rewards.base import Verifier, VerifyResult
 
     class Slow(Verifier):
         """Sleeps the number of seconds in the response; 'spin' burns CPU forever; 'exit' dies."""
@@ -137,9 +137,9 @@ def test_workers_die_with_their_parent(plugin_path):
     script = textwrap.dedent(f'''
         import os, sys
         sys.path.insert(0, {str(plugin_path)!r})
-        from configs.schema import RewardsConfig, RewardTerm
-        from rewards.base import VerifyRequest
-        from rewards.pool import RewardScorer
+        from temper.configs.schema import RewardsConfig, RewardTerm
+        from temper.rewards.base import VerifyRequest
+        from temper.rewards.pool import RewardScorer
         if __name__ == "__main__":
             s = RewardScorer(RewardsConfig(terms=[RewardTerm(verifier="pool_fixture_verifiers:Slow", name="Slow")],
                                            num_workers=2, timeout_s=30))

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from rewards.base import VerifyRequest
-from rewards.code import CodeVerifier
-from rewards.sandbox import UID_BASE, UID_COUNT
+from temper.rewards.base import VerifyRequest
+from temper.rewards.code import CodeVerifier
+from temper.rewards.sandbox import UID_BASE, UID_COUNT
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap (bwrap) is not installed: apt-get install bubblewrap")

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from configs.schema import BufferConfig
-from rollout.buffer import ReplayBuffer
-from rollout.types import Group, Sample
+from temper.configs.schema import BufferConfig
+from temper.rollout.buffer import ReplayBuffer
+from temper.rollout.types import Group, Sample
 
 
 def group(gid: str, version: int, rewards=(0.0, 1.0), newest: int | None = None) -> Group:
@@ -150,9 +150,9 @@ def test_save_and_restore(tmp_path):
         for i in range(3):
             await buf.put(group(f"g{i}", i))
         await buf.get_batch(1, learner_version=1)
-        buf.save(tmp_path / "buf.json")
+        (tmp_path / "buf.json").write_text(json.dumps(buf.state_dict()))  # as the driver's checkpoint does
         restored = ReplayBuffer(BufferConfig(max_staleness=2), batch_groups=1)
-        restored.load(tmp_path / "buf.json")
+        restored.load_state_dict(json.loads((tmp_path / "buf.json").read_text()))
         return buf.stats(), restored.stats(), [g.group_id for g in restored.groups], restored.groups[0]
 
     before, after, ids, first = run(main())

@@ -5,12 +5,12 @@ import asyncio
 
 import pytest
 
-from configs.schema import BufferConfig, RunConfig
-from environments.single_turn import SingleTurnEnvironment
-from rewards.pool import RewardScorer
-from rollout.buffer import ReplayBuffer
-from rollout.engine import Completion
-from rollout.worker import RolloutWorker
+from temper.configs.schema import BufferConfig, RunConfig
+from temper.environments.single_turn import SingleTurnEnvironment
+from temper.rewards.pool import RewardScorer
+from temper.rollout.buffer import ReplayBuffer
+from temper.rollout.engine import Completion
+from temper.rollout.worker import RolloutWorker
 
 
 class FakeEngine:
@@ -35,7 +35,7 @@ class FakeEngine:
 def make_worker(demo_assets, buffer, env_cls=SingleTurnEnvironment):
     from transformers import AutoTokenizer
 
-    from rollout.worker import load_rows
+    from temper.configs.data import load_rows
 
     cfg = RunConfig.model_validate(
         {"model": {"path": demo_assets["model"]}, "data": {"train": demo_assets["train"]},

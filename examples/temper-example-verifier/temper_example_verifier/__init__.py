@@ -2,7 +2,7 @@
 
 from pydantic import BaseModel, ConfigDict
 
-from rewards.base import Verifier, VerifyRequest, VerifyResult
+from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
 
 
 class ContainsLabel(Verifier):

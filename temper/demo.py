@@ -6,8 +6,8 @@
   template, saved as an ordinary HF tokenizer that transformers and vLLM both load.
 - Model: a tiny Qwen2 causal LM with tied embeddings (the tied case is the tricky one for weight sync).
 - Warm start: plain supervised training on the train split, stopped as soon as greedy held-out accuracy
-  passes a target (not after a fixed step count: DESIGN.md measured that fixed counts land anywhere from
-  9% to 85%, and RL needs groups whose samples disagree).
+  passes a target (not after a fixed step count: measured here, fixed counts land anywhere from 9% to 85%
+  held-out, and RL needs groups whose samples disagree).
 
 Everything is cached under a folder keyed by the settings, so the second run skips it in milliseconds.
 """
@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from configs.schema import DemoConfig
-from environments.base import encode_chat
+from temper.configs.data import load_rows
+from temper.configs.schema import DemoConfig
+from temper.environments.base import encode_chat
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -166,10 +167,6 @@ def warm_start(cfg: DemoConfig, model, tokenizer, train: list[dict], val: list[d
     return {"sft_steps": step, "sft_val_accuracy": acc, "sft_seconds": round(time.time() - t0, 1)}
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def ensure_demo_assets(cfg: DemoConfig, log=print) -> dict[str, str]:
     """Build (or reuse) the demo model folder and data; return {"model", "train", "eval"} paths."""
     key = hashlib.sha256(f"{ASSETS_VERSION}{cfg.model_dump_json(exclude={'cache_dir'})}".encode()).hexdigest()[:12]
@@ -184,7 +181,7 @@ def ensure_demo_assets(cfg: DemoConfig, log=print) -> dict[str, str]:
     tokenizer = build_tokenizer(root / "model")
     model = build_model(cfg, tokenizer, root / "model")
     torch.set_num_threads(1)  # tiny matmuls: a second thread only adds sync overhead and contention
-    info = warm_start(cfg, model, tokenizer, _read_jsonl(train_path), _read_jsonl(val_path), log=log)
+    info = warm_start(cfg, model, tokenizer, load_rows(train_path), load_rows(val_path), log=log)
     model.save_pretrained(root / "model", safe_serialization=True)
     info["parameters"] = sum(p.numel() for p in model.parameters())
     done.write_text(json.dumps(info, indent=1))

@@ -4,7 +4,7 @@
     for step in 1..N:
         batch  = buffer.get_batch(batch_groups, version)     # waits; drops stale groups
         metrics = learner.train_step(batch)                   # GRPO-family loss, one optimizer step
-        learner.sync_weights()                                # vLLM weight-transfer API: shm / ipc / nccl
+        learner.sync_weights(version + 1)                     # vLLM weight-transfer API: shm / ipc / nccl
                                                               # between engine steps; requests survive
         buffer.set_version(version + 1)                       # opens the staleness throttle
 
@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from configs.load import ConfigError
-from configs.schema import RunConfig
-from learner.report import describe_accuracy, plot_run, wilson_interval
+from temper.configs.data import DataError, load_rows
+from temper.configs.load import ConfigError
+from temper.configs.schema import RunConfig
+from temper.report import describe_accuracy, plot_run, wilson_interval
 
 CHECKPOINT_INFO = "checkpoint.json"
 """In each checkpoint folder: {"version": N}, the step it was written after."""
@@ -38,11 +39,11 @@ class RunError(RuntimeError):
 
 def prepare(cfg: RunConfig, log=print) -> RunConfig:
     """Fill in demo assets, check every path the run reads, validate plugin params. Before any actor."""
-    from environments.registry import resolve_environment
-    from rewards.rubric import validate_rewards_config
+    from temper.environments.registry import resolve_environment
+    from temper.rewards.rubric import validate_rewards_config
 
     if cfg.demo.enabled:
-        from learner.demo import ensure_demo_assets
+        from temper.demo import ensure_demo_assets
 
         paths = ensure_demo_assets(cfg.demo, log=log)
         cfg = cfg.model_copy(
@@ -59,6 +60,11 @@ def prepare(cfg: RunConfig, log=print) -> RunConfig:
     for field, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         if value and not Path(value).expanduser().is_file():
             raise ConfigError(f"{field}: file not found: {value}")
+        if value:  # read every line now: a bad one is named here, not after the cluster and engines start
+            try:
+                load_rows(value, required=(cfg.data.prompt_key,))
+            except DataError as e:
+                raise ConfigError(f"{field}: {e}") from None
     validate_rewards_config(cfg.rewards)
     try:
         env_cls = resolve_environment(cfg.environment.name)
@@ -77,7 +83,9 @@ def connect_ray(cfg: RunConfig) -> str | None:
     import ray
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    quiet = {"log_to_driver": True, "logging_level": "WARNING"}
+    # The console shows temper's own lines; engine warnings and loader output stay in the worker logs
+    # (see `ray_logs_dir`). Errors in actors still reach the driver as exceptions.
+    quiet = {"log_to_driver": False, "logging_level": "WARNING"}
     if address:
         ray.init(address=address, **quiet)
         return None
@@ -92,6 +100,14 @@ def connect_ray(cfg: RunConfig) -> str | None:
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=temp_dir, **quiet)
         return temp_dir
+
+
+def ray_logs_dir() -> str | None:
+    """Where this Ray session writes every actor's stdout/stderr (worker-*.out/.err), on the head node."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # no public API names the session folder
+    return os.path.join(node.get_session_dir_path(), "logs") if node is not None else None
 
 
 def evaluate(workers: list[Any], rows: list[dict[str, Any]]) -> tuple[int, int]:
@@ -133,8 +149,7 @@ def train(cfg: RunConfig, log=print, resume: str | None = None) -> dict[str, Any
     optimizer and lr schedule, the engines' weights, the buffer's held groups; steps N+1..learner.steps."""
     import ray
 
-    from learner.actors import RayEngines, make_buffer, make_learner, make_workers
-    from rollout.worker import load_rows
+    from temper.actors import RayEngines, make_buffer, make_learner, make_workers
 
     cfg = prepare(cfg, log=log)
     ckpt, start = read_checkpoint(resume, cfg) if resume else (None, 0)
@@ -161,6 +176,8 @@ def train(cfg: RunConfig, log=print, resume: str | None = None) -> dict[str, Any
         ray.get(learner.connect_engines.remote(RayEngines(workers), len(workers)))
         log(f"{len(workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s"
             f" (weight sync: {cfg.weight_sync.backend})")
+        where = f" (copied to {run_dir / 'ray-logs'} at the end)" if private_ray else ""
+        log(f"engine and worker logs: {ray_logs_dir()}{where}")
 
         eval_rows = load_rows(cfg.data.eval) if cfg.data.eval else []
         evals: list[dict[str, Any]] = []
@@ -174,7 +191,7 @@ def train(cfg: RunConfig, log=print, resume: str | None = None) -> dict[str, Any
         log(f"run directory: {run_dir.resolve()}")
         return summary
     finally:
-        _shutdown(workers, [learner, buffer], private_ray, weights_root, shm_before)
+        _shutdown(workers, learner, buffer, private_ray, weights_root, shm_before, run_dir)
 
 
 def _at(step: int) -> str:
@@ -212,8 +229,8 @@ def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log, start: 
                     raise RunError(str(e.cause)) from None
                 raise
             t_sync = time.time()
-            ray.get(learner.sync_weights.remote())
             version = m["version"]
+            ray.get(learner.sync_weights.remote(version))
             ray.get(buffer.set_version.remote(version))
             sync_seconds = time.time() - t_sync
             stats = ray.get([w.stats.remote() for w in workers])
@@ -293,14 +310,19 @@ def _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, rl_
     return summary
 
 
-def _shutdown(workers, others, private_ray: str | None, weights_root: str, shm_before: set[str]) -> None:
-    """Stop engines explicitly (a killed vLLM actor leaks /dev/shm segments), then every actor and Ray.
-    `others` may hold None for actors never created."""
+def _shutdown(workers, learner, buffer, private_ray: str | None, weights_root: str, shm_before: set[str],
+              run_dir: Path) -> None:
+    """Stop engines explicitly (a killed vLLM actor leaks /dev/shm segments) and the learner's weight
+    transfer (NCCL groups), then every actor and Ray. learner/buffer are None when never created. A private
+    cluster's logs are copied into RUN_DIR/ray-logs before its folder is removed."""
     import ray
 
     with contextlib.suppress(Exception):
         ray.get([w.shutdown.remote() for w in workers], timeout=60)
-    for actor in [*workers, *others]:
+    if learner is not None:
+        with contextlib.suppress(Exception):
+            ray.get(learner.cleanup.remote(), timeout=60)
+    for actor in [*workers, learner, buffer]:
         if actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
@@ -308,6 +330,9 @@ def _shutdown(workers, others, private_ray: str | None, weights_root: str, shm_b
     with contextlib.suppress(Exception):
         ray.shutdown()  # disconnects; also stops the cluster when this process started it
     if private_ray:
+        logs = Path(private_ray) / "session_latest" / "logs"
+        with contextlib.suppress(OSError):
+            shutil.copytree(logs, run_dir / "ray-logs", ignore_dangling_symlinks=True, dirs_exist_ok=True)
         shutil.rmtree(private_ray, ignore_errors=True)
     if os.path.isdir("/dev/shm"):
         for name in set(os.listdir("/dev/shm")) - shm_before:

@@ -24,11 +24,11 @@ def _train(argv: list[str]) -> int:
         help="continue from a checkpoint folder (RUN_DIR/checkpoints/step-N, see checkpoint.every_steps)",
     )
     args = parser.parse_args(argv)
-    from configs.load import ConfigError, load_config
+    from temper.configs.load import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
-        from learner.train import prepare, read_checkpoint
+        from temper.job import prepare, read_checkpoint
 
         prepare(cfg)  # cheap config/path/plugin checks before Ray or torch-heavy work
         if args.resume:
@@ -36,7 +36,7 @@ def _train(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"temper train: {e}", file=sys.stderr)
         return 2
-    from learner.train import RunError, train
+    from temper.job import RunError, train
 
     # `kill` and `ray job stop` send SIGTERM: treat it like Ctrl-C so the same cleanup runs.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -59,11 +59,11 @@ def _check_config(argv: list[str]) -> int:
     parser.add_argument("config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    from configs.load import ConfigError, load_config
+    from temper.configs.load import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
-        from rewards.rubric import validate_rewards_config
+        from temper.rewards.rubric import validate_rewards_config
 
         validate_rewards_config(cfg.rewards)
     except ConfigError as e:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: temper COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     if argv[0] == "rewards":
-        from rewards.cli import main as rewards_main
+        from temper.rewards.cli import main as rewards_main
 
         return rewards_main(argv[1:])
     return COMMANDS[argv[0]][1](argv[1:])

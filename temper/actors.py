@@ -10,31 +10,14 @@ from typing import Any
 
 import ray
 
-from configs.schema import RunConfig
-from learner.learner import Learner
-from rollout.buffer import ReplayBuffer
-from rollout.types import Group
-from rollout.worker import RolloutWorker
-
-
-class RemoteBuffer:
-    """What a RolloutWorker needs of the buffer, forwarded to the buffer actor."""
-
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-
-    async def acquire_slot(self) -> bool:
-        return await self.handle.acquire_slot.remote()
-
-    async def release_slot(self) -> None:
-        await self.handle.release_slot.remote()
-
-    async def put(self, group: Group) -> None:
-        await self.handle.put.remote(group)
+from temper.configs.schema import RunConfig
+from temper.learner.learner import Learner
+from temper.rollout.buffer import RemoteBuffer, ReplayBuffer
+from temper.rollout.worker import RolloutWorker
 
 
 class RayEngines:
-    """The learner's `invoke` for weight sync (learner/weight_sync.py): one `weights_*` call on every
+    """The learner's `invoke` for weight sync (temper.learner.weight_sync): one `weights_*` call on every
     rollout worker actor at once; waits for all (NCCL needs every engine inside the same collective)."""
 
     def __init__(self, workers: list[Any]) -> None:
