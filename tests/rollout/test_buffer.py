@@ -1,6 +1,7 @@
 """The replay buffer's throttle, staleness filter, drop accounting and save/restore, driven directly."""
 
 import asyncio
+import json
 
 import pytest
 
