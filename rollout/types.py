@@ -9,10 +9,11 @@ re-score them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from temper.environments.base import Episode
-from temper.rewards.base import VerifyResult
+if TYPE_CHECKING:  # the learner imports these types; it needs neither environments nor rewards
+    from temper.environments.base import Episode
+    from temper.rewards.base import VerifyResult
 
 # Fields stored as tuples (JSON gives lists back).
 _TUPLE_FIELDS = ("prompt_token_ids", "completion_token_ids", "logprobs", "loss_mask", "versions")
@@ -58,7 +59,7 @@ class Sample:
         cls, episode: Episode, result: VerifyResult, *, id: str, group_id: str, label: Any, metadata: dict[str, Any]
     ) -> Sample:
         """An environment's episode plus the scorer's verdict on it."""
-        own = {f.name: getattr(episode, f.name) for f in fields(Episode)}
+        own = {f.name: getattr(episode, f.name) for f in fields(episode)}
         return cls(
             id=id, group_id=group_id, label=label, metadata=metadata, **own,
             reward=result.score, correct=bool(result.correct), breakdown=result.breakdown, error=result.error,

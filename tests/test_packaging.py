@@ -54,20 +54,20 @@ def test_installed_wheel_works_beside_a_users_own_configs_and_rewards(wheel, tmp
     env = {**os.environ, "PYTHONPATH": str(project)}
     temper = str(venv / "bin" / "temper")
 
-    listed = subprocess.run([temper, "rewards", "list", "--format", "json"], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=120)
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, check=False, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+
+    listed = run(temper, "rewards", "list", "--format", "json")
     assert listed.returncode == 0, listed.stderr
     builtins = {v["name"]: v for v in json.loads(listed.stdout) if v["source"] == "builtin"}
     assert builtins["math"]["target"] == "temper.rewards.math_verifier:MathVerifier"
     assert builtins["math"]["error"] is None and builtins["code"]["error"] is None
 
-    checked = subprocess.run([temper, "check-config", "configs/demo.toml"], cwd=project, env=env,
-                             capture_output=True, text=True, timeout=120)
+    checked = run(temper, "check-config", "configs/demo.toml")
     assert checked.returncode == 0, checked.stderr
     assert '"name": "demo"' in checked.stdout
 
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import temper.configs, configs; "
-                            "print(temper.configs.__file__); print(configs.USERS_OWN)"],
-                           cwd=project, env=env, capture_output=True, text=True, timeout=60)
+    code = "import temper.configs, configs; print(temper.configs.__file__); print(configs.USERS_OWN)"
+    where = run(str(venv / "bin" / "python"), "-c", code)
     temper_file, users = where.stdout.split()
     assert temper_file.startswith(str(venv)) and users == "True"  # temper from the wheel, the user's own beside it
