@@ -17,7 +17,8 @@ Job (stdin, JSON): nonce, mode ("assert" | "stdio"), solution, setup, tests (ass
 time_limit (CPU s), wall_limit (s), memory_bytes, file_bytes, nproc (or null), nofile, workdir,
 isolated (true only under bubblewrap: enables the kill(-1) sweep).
 Frame (stdout, one JSON line): nonce, i, status ("ok" | "timeout" | "memory" | "output_limit" |
-"runtime_error"), and for "ok" either stdout_b64 (stdio) or values (assert: the child's JSON text).
+"runtime_error"), and for "ok" either stdout_b64 (stdio) or values (assert: the child's JSON text); a stdio
+"runtime_error" also carries stdout_b64 and stderr_tail (its last 400 characters).
 """
 
 import base64
@@ -103,6 +104,9 @@ def _run_test(job, i, test):
     elif code != 0:
         frame["status"] = "runtime_error"
         frame["error"] = f"killed by signal {sig}" if sig else _last_line(err)
+        if job["mode"] == "stdio":  # what the program printed before it failed (the python tool shows it)
+            frame["stdout_b64"] = base64.b64encode(out).decode("ascii")
+            frame["stderr_tail"] = err
     elif job["mode"] == "stdio":
         frame["status"] = "ok"
         frame["stdout_b64"] = base64.b64encode(out).decode("ascii")

@@ -26,6 +26,7 @@ class VerifyRequest:
     label: the row's ground truth, any JSON value (a number, a LaTeX string, a dict of tests...).
     metadata: the row's other fields (id, source, limits...), untouched.
     messages: the full message list of a multi-turn episode, else None.
+    info: what the environment reported about the episode (e.g. its tool results), else empty.
     """
 
     response: str
@@ -33,6 +34,7 @@ class VerifyRequest:
     prompt: str | list[dict[str, Any]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     messages: list[dict[str, Any]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

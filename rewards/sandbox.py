@@ -100,18 +100,20 @@ class Sandbox:
         """RLIMIT_NPROC for the sandbox uid: only meaningful with a dedicated uid (root parent)."""
         return 24 if self.isolation == "bwrap" and self.as_root else None
 
-    def run(self, job: dict[str, Any], *, wall_timeout: float, stdout_cap: int) -> RunOutcome:
-        """Runs the harness on `job` (see _sandbox_harness.py), killing everything after wall_timeout s."""
+    def run(self, job: dict[str, Any], *, wall_timeout: float, stdout_cap: int,
+            cancel: threading.Event | None = None) -> RunOutcome:
+        """Runs the harness on `job` (see _sandbox_harness.py), killing everything after wall_timeout s, or
+        as soon as `cancel` is set (then the outcome reads as timed out)."""
         job = dict(job, workdir=WORKDIR if self.isolation == "bwrap" else "", nproc=self.nproc,
                    isolated=self.isolation == "bwrap")
         with _SLOTS:
             if self.isolation == "bwrap":
                 uid = _next_uid() if self.as_root else None
-                return self._run(self._bwrap_argv(), job, wall_timeout, stdout_cap, uid, None)
+                return self._run(self._bwrap_argv(), job, wall_timeout, stdout_cap, uid, None, cancel)
             with tempfile.TemporaryDirectory(prefix="temper-unsafe-") as tmp:
                 job["workdir"] = tmp
                 argv = [self.python, "-I", "-S", "-B", "-c", HARNESS_SOURCE]
-                return self._run(argv, job, wall_timeout, stdout_cap, None, tmp)
+                return self._run(argv, job, wall_timeout, stdout_cap, None, tmp, cancel)
 
     def _bwrap_argv(self) -> list[str]:
         argv = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
@@ -127,7 +129,7 @@ class Sandbox:
         return argv
 
     def _run(self, argv: list[str], job: dict[str, Any], wall_timeout: float, stdout_cap: int,
-             uid: int | None, cwd: str | None) -> RunOutcome:
+             uid: int | None, cwd: str | None, cancel: threading.Event | None = None) -> RunOutcome:
         import json
 
         payload = json.dumps(job).encode("utf-8", "surrogatepass")
@@ -138,7 +140,7 @@ class Sandbox:
         out, err = bytearray(), bytearray()
         timed_out = overflowed = False
         try:
-            timed_out, overflowed = _pump(proc, payload, out, err, start + wall_timeout, stdout_cap)
+            timed_out, overflowed = _pump(proc, payload, out, err, start + wall_timeout, stdout_cap, cancel)
         finally:
             if timed_out or overflowed or proc.poll() is None:
                 _kill_group(proc)
@@ -160,8 +162,8 @@ class Sandbox:
 
 
 def _pump(proc: subprocess.Popen, payload: bytes, out: bytearray, err: bytearray, deadline: float,
-          cap: int) -> tuple[bool, bool]:
-    """Writes the job and reads both pipes until EOF, the deadline, or `cap` stdout bytes."""
+          cap: int, cancel: threading.Event | None = None) -> tuple[bool, bool]:
+    """Writes the job and reads both pipes until EOF, the deadline, `cap` stdout bytes, or `cancel`."""
     sel = selectors.DefaultSelector()
     for f in (proc.stdin, proc.stdout, proc.stderr):
         os.set_blocking(f.fileno(), False)
@@ -172,9 +174,9 @@ def _pump(proc: subprocess.Popen, payload: bytes, out: bytearray, err: bytearray
     try:
         while sel.get_map():
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or (cancel is not None and cancel.is_set()):
                 return True, False
-            for key, _ in sel.select(min(left, 1.0)):
+            for key, _ in sel.select(min(left, 1.0 if cancel is None else 0.05)):
                 if key.fileobj is proc.stdin:
                     try:
                         n = os.write(key.fd, view[:1 << 16])

@@ -27,7 +27,7 @@ from typing import Any
 from temper.configs.data import DataError, load_rows
 from temper.configs.load import ConfigError
 from temper.configs.schema import RunConfig
-from temper.report import describe_accuracy, plot_run, wilson_interval
+from temper.report import describe_eval, eval_record, plot_run
 
 CHECKPOINT_INFO = "checkpoint.json"
 """In each checkpoint folder: {"version": N}, the step it was written after."""
@@ -110,18 +110,13 @@ def ray_logs_dir() -> str | None:
     return os.path.join(node.get_session_dir_path(), "logs") if node is not None else None
 
 
-def evaluate(workers: list[Any], rows: list[dict[str, Any]]) -> tuple[int, int]:
-    """Greedy accuracy over `rows`, split across the workers."""
+def evaluate(workers: list[Any], rows: list[dict[str, Any]], step: int, without_tools: bool = False) -> dict[str, Any]:
+    """Greedy accuracy over `rows`, split across the workers; with tool-call and tool-error rates.
+    without_tools: the environment offers no tools (tool environments only)."""
     import ray
 
-    parts = ray.get([w.evaluate.remote(rows[i :: len(workers)]) for i, w in enumerate(workers)])
-    flags = [f for p in parts for f in p]
-    return sum(flags), len(flags)
-
-
-def _eval_record(step: int, correct: int, n: int) -> dict[str, Any]:
-    lo, hi = wilson_interval(correct, n)
-    return {"step": step, "correct": correct, "n": n, "accuracy": correct / max(n, 1), "ci_low": lo, "ci_high": hi}
+    parts = ray.get([w.evaluate.remote(rows[i :: len(workers)], without_tools) for i, w in enumerate(workers)])
+    return eval_record(step, [item for p in parts for item in p], without_tools)
 
 
 def _shm_root(run_name: str) -> str:
@@ -183,9 +178,11 @@ def train(cfg: RunConfig, log=print, resume: str | None = None) -> dict[str, Any
         evals: list[dict[str, Any]] = []
         if eval_rows:
             t0 = time.time()
-            evals.append(_eval_record(start, *evaluate(workers, eval_rows)))
-            log(f"held-out accuracy {_at(start)}: {describe_accuracy(evals[0]['correct'], evals[0]['n'])}"
-                f"  [{time.time() - t0:.1f}s]")
+            evals.append(evaluate(workers, eval_rows, start))
+            log(f"held-out accuracy {_at(start)}: {describe_eval(evals[0])}  [{time.time() - t0:.1f}s]")
+            if cfg.eval.without_tools:
+                evals.append(evaluate(workers, eval_rows, start, without_tools=True))
+                log(f"held-out accuracy {_at(start)}, no tools: {describe_eval(evals[-1])}")
 
         summary = _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log, start)
         log(f"run directory: {run_dir.resolve()}")
@@ -250,7 +247,7 @@ def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log, start: 
             )
             if eval_rows and cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.learner.steps:
                 rows = eval_rows[: cfg.eval.limit] if cfg.eval.limit else eval_rows
-                evals.append(_eval_record(step, *evaluate(workers, rows)))
+                evals.append(evaluate(workers, rows, step))
                 m["eval/accuracy"] = evals[-1]["accuracy"]
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
                 _checkpoint(learner, buffer, run_dir / "checkpoints" / f"step-{step}")
@@ -291,11 +288,17 @@ def _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, rl_
     summary: dict[str, Any] = {"steps": len(steps), "rl_seconds": round(rl_seconds, 1), "run_dir": str(run_dir)}
     if eval_rows:
         before = evals[0]
-        evals.append(_eval_record(before["step"] + len(steps), *evaluate(workers, eval_rows)))
-        after = evals[-1]
+        after = evaluate(workers, eval_rows, before["step"] + len(steps))
+        evals.append(after)
         summary.update({"heldout_before": before, "heldout_after": after, "lift": after["accuracy"] - before["accuracy"]})
-        log(f"held-out accuracy {_at(before['step'])}: {describe_accuracy(before['correct'], before['n'])}")
-        log(f"held-out accuracy after  RL: {describe_accuracy(after['correct'], after['n'])}")
+        log(f"held-out accuracy {_at(before['step'])}: {describe_eval(before)}")
+        log(f"held-out accuracy after  RL: {describe_eval(after)}")
+        if cfg.eval.without_tools:
+            no_tools = [e for e in evals if e.get("without_tools")]
+            no_tools.append(evaluate(workers, eval_rows, after["step"], without_tools=True))
+            evals.append(no_tools[-1])
+            summary.update({"heldout_before_without_tools": no_tools[0], "heldout_after_without_tools": no_tools[-1]})
+            log(f"held-out accuracy after  RL, no tools: {describe_eval(no_tools[-1])}")
         log(f"lift: {summary['lift']:+.1%} in {len(steps)} steps ({rl_seconds:.0f}s of RL)")
     if steps:
         keys = ["step_seconds", "rollout/tokens_per_s", "learner/logp_mismatch", "buffer/staleness_mean"]
