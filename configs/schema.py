@@ -243,6 +243,9 @@ class DemoConfig(Strict):
 
     enabled: bool = False
     """Build the demo assets and point model.path/data.* at them."""
+    task: Literal["addition", "calculator"] = "addition"
+    """addition: two-digit sums answered directly. calculator: a three-digit times a two-digit number, which
+    the tiny model cannot multiply itself but can with the calculator tool (the tool-use demo)."""
     cache_dir: str = "~/.cache/temper/demo"
     """Where the assets are cached; a second run reuses them."""
     seed: int = 0
