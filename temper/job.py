@@ -71,6 +71,9 @@ def prepare(cfg: RunConfig, log=print) -> RunConfig:
         env_cls.Params.model_validate(cfg.environment.params)
     except Exception as e:  # noqa: BLE001 - any plugin/params failure is a config error here
         raise ConfigError(f"environment: {e}") from None
+    if cfg.eval.without_tools and not hasattr(env_cls, "without_tools"):
+        raise ConfigError(f"eval.without_tools: environment {cfg.environment.name!r} offers no tools to take away "
+                          "(use a tool environment, e.g. name = \"tool\")")
     return cfg
 
 

@@ -140,3 +140,27 @@ def test_cli_as_a_process(tmp_path):
 @pytest.mark.parametrize("timeout", ["0", "-1"])
 def test_bad_timeout_is_misuse(timeout):
     assert main(["score", "--verifier", "math", "--response", "1", "--label", "1", "--timeout", timeout]) == 2
+
+
+def test_replay_rescores_a_multi_turn_rollout_with_its_turn_rewards(tmp_path, capsys):
+    """A tool episode as rollouts.jsonl stores it: the final reply, the message trace, the environment's
+    turn rewards (added back with rewards.turn_reward_weight) and its info."""
+    messages = [{"role": "user", "content": "What is 347 * 58?"},
+                {"role": "assistant", "content": '<tool_call>{"name": "calculator", "arguments": '
+                                                 '{"expression": "347 * 58"}}</tool_call>'},
+                {"role": "tool", "name": "calculator", "content": "20126"},
+                {"role": "assistant", "content": r"\boxed{20126}"}]
+    row = {"id": "t1", "prompt": "What is 347 * 58?", "response": r"\boxed{20126}", "label": "20126",
+           "metadata": {}, "messages": messages, "turn_rewards": [0.25, 0.0], "info": {"calls": 1},
+           "spans": [{"role": "assistant", "start": 0, "end": 66}], "reward": 1.25,
+           "breakdown": {"math": 1.0, "env": 0.25}, "error": None}
+    src = _write(tmp_path / "rollouts.jsonl", [row])
+    assert main(["replay", src, "--verifier", "math", "--format", "json", "--workers", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["changed_reward"] == 0 and out["summary"]["mean_reward"] == 1.25
+    config = tmp_path / "run.toml"
+    config.write_text('[demo]\nenabled = true\n\n[rewards]\nturn_reward_weight = 2.0\n\n'
+                      '[[rewards.terms]]\nverifier = "math"\n')
+    assert main(["replay", src, "--config", str(config), "--format", "json", "--workers", "1"]) == 0
+    (change,) = json.loads(capsys.readouterr().out)["changes"]
+    assert (change["old_reward"], change["new_reward"]) == (1.25, 1.5)
