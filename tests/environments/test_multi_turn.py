@@ -4,6 +4,7 @@ tests/rollout/test_multi_turn_engine.py."""
 
 import asyncio
 import json
+from typing import ClassVar
 
 import pytest
 
@@ -210,7 +211,7 @@ def test_tool_output_is_truncated_in_tokens(tokenizer):
 class Leasing(MultiTurnEnvironment):
     """Takes a resource in setup and must give it back whatever happens."""
 
-    held: set[int] = set()
+    held: ClassVar[set[int]] = set()
 
     async def setup(self, row):
         start = await super().setup(row)
