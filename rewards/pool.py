@@ -7,6 +7,12 @@ holds the rubric's verifiers; the parent sends it one (term, request) at a time 
 `timeout_s`. Past that the worker is SIGKILLed and respawned, and the sample scores 0 with the reason.
 Verifiers with `isolation == "inline"` (they sandbox and time out their own work) run in threads here.
 Workers exit on close(), when the parent's pipe closes, and — watched by a thread — when the parent dies.
+
+Before a sample goes to a worker, the verifier's `quick` check (base.py) runs here, in the calling thread:
+a verdict it reaches from the text alone, in linear time, needs no killable process and no heavy import.
+For the math verifier that is an integer label against an integer answer (most GSM8K-style rows), so
+`temper rewards score` on such a row answers while its worker is still importing sympy, and close()
+kills a worker that never became ready instead of waiting for its imports to finish.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Self
 
 from temper.configs.schema import RewardsConfig
-from temper.rewards.base import VerifyRequest, VerifyResult
-from temper.rewards.registry import build_verifier, resolve_verifier
+from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
+from temper.rewards.registry import build_verifier, params_model, resolve_verifier
 from temper.rewards.rubric import combine, correct_term_name, run_verifier, term_name, validate_rewards_config
 
 STARTUP_TIMEOUT_S = 120.0  # importing sympy & co. in a fresh process; not part of any sample's budget
@@ -62,6 +68,26 @@ def _worker_main(conn: Any, cfg_json: str, indices: list[int], parent_pid: int) 
             conn.send(VerifyResult(0.0, {}, f"result not serialisable: {type(e).__name__}: {e}", result.seconds))
 
 
+def _quick_check(name: str, params: dict[str, Any]) -> Any:
+    """`request -> VerifyResult | None` running the verifier's own `quick`, or None when it has none."""
+    cls = resolve_verifier(name)
+    if not isinstance(cls, type) or cls.quick.__func__ is Verifier.quick.__func__:  # type: ignore[attr-defined]
+        return None
+    validated = params_model(cls).model_validate(params)
+
+    def check(request: VerifyRequest) -> VerifyResult | None:
+        start = time.perf_counter()
+        try:
+            result = cls.quick(validated, request)
+        except Exception as e:  # noqa: BLE001 -- the same zero-with-the-reason a worker would report
+            return VerifyResult(0.0, {}, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+        if result is None:
+            return None
+        return VerifyResult(result.score, result.breakdown, result.error, time.perf_counter() - start)
+
+    return check
+
+
 class _Worker:
     """One killable scoring process; respawned on the next call after a timeout or crash."""
 
@@ -89,6 +115,9 @@ class _Worker:
 
     def stop(self) -> None:
         if self.proc is None:
+            return
+        if not self.ready:  # still importing (or never asked): nothing to finish, so do not wait for it
+            self.kill()
             return
         try:
             self.conn.send(None)
@@ -138,6 +167,8 @@ class RewardScorer:
         self._inline_verifiers = {
             i: build_verifier(t.verifier, t.params) for i, t in enumerate(cfg.terms) if self.inline[i]
         }
+        self._quick = {i: quick for i, t in enumerate(cfg.terms) if not self.inline[i]
+                       and (quick := _quick_check(t.verifier, t.params)) is not None}
         indices = [i for i, inline in enumerate(self.inline) if not inline]
         n = cfg.num_workers or os.cpu_count() or 1
         ctx = mp.get_context("spawn")
@@ -158,6 +189,9 @@ class RewardScorer:
     # ---- one (term, request) ---------------------------------------------------------------------
 
     def _in_process(self, index: int, request: VerifyRequest) -> VerifyResult:
+        if index in self._quick and (result := self._quick[index](request)) is not None:
+            self._count(result, "ok")
+            return result
         worker = self._idle.get()
         try:
             result, outcome = worker.call(index, request, self.cfg.timeout_s)

@@ -35,6 +35,21 @@ def test_list_is_fast_and_imports_no_torch_vllm_ray():
     assert elapsed < 2.0
 
 
+def test_score_one_integer_row_is_fast_and_loads_no_sympy():
+    """`temper rewards score` on a GSM8K-style row: the pool's quick check answers in this process while
+    the worker is still importing sympy (README "Debugging rewards": ~0.6 s against ~3 s before)."""
+    code = ("import sys; from temper.rewards.cli import main; "
+            "main(['score', '--verifier', 'math', '--response', r'so \\boxed{2}', '--label', '2', '--format', 'json']); "
+            "print('SYMPY', 'sympy' in sys.modules)")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["rows"][0]["reward"] == 1.0
+    assert "SYMPY False" in out.stdout
+    assert elapsed < 5.0  # ~0.6 s on an idle 2-core machine; the bound only catches waiting for the worker
+
+
 def test_list_json(capsys):
     assert main(["list", "--format", "json"]) == 0
     infos = {i["name"]: i for i in json.loads(capsys.readouterr().out)}
