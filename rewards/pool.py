@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Self
 
@@ -68,7 +69,7 @@ def _worker_main(conn: Any, cfg_json: str, indices: list[int], parent_pid: int) 
             conn.send(VerifyResult(0.0, {}, f"result not serialisable: {type(e).__name__}: {e}", result.seconds))
 
 
-def _quick_check(name: str, params: dict[str, Any]) -> Any:
+def _quick_check(name: str, params: dict[str, Any]) -> Callable[[VerifyRequest], VerifyResult | None] | None:
     """`request -> VerifyResult | None` running the verifier's own `quick`, or None when it has none."""
     cls = resolve_verifier(name)
     if not isinstance(cls, type) or cls.quick.__func__ is Verifier.quick.__func__:  # type: ignore[attr-defined]
