@@ -18,6 +18,7 @@ kills a worker that never became ready instead of waiting for its imports to fin
 from __future__ import annotations
 
 import asyncio
+import inspect
 import multiprocessing as mp
 import os
 import queue
@@ -72,8 +73,11 @@ def _worker_main(conn: Any, cfg_json: str, indices: list[int], parent_pid: int) 
 def _quick_check(name: str, params: dict[str, Any]) -> Callable[[VerifyRequest], VerifyResult | None] | None:
     """`request -> VerifyResult | None` running the verifier's own `quick`, or None when it has none."""
     cls = resolve_verifier(name)
-    if not isinstance(cls, type) or cls.quick.__func__ is Verifier.quick.__func__:  # type: ignore[attr-defined]
+    if not isinstance(cls, type):
         return None
+    hook = inspect.getattr_static(cls, "quick", None)
+    if not isinstance(hook, classmethod) or hook is inspect.getattr_static(Verifier, "quick"):
+        return None  # the base's (no quick verdicts), or a plugin's own unrelated `quick`
     validated = params_model(cls).model_validate(params)
 
     def check(request: VerifyRequest) -> VerifyResult | None:
