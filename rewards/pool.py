@@ -11,8 +11,8 @@ Workers exit on close(), when the parent's pipe closes, and — watched by a thr
 Before a sample goes to a worker, the verifier's `quick` check (base.py) runs here, in the calling thread:
 a verdict it reaches from the text alone, in linear time, needs no killable process and no heavy import.
 For the math verifier that is an integer label against an integer answer (most GSM8K-style rows), so
-`temper rewards score` on such a row answers while its worker is still importing sympy, and close()
-kills a worker that never became ready instead of waiting for its imports to finish.
+`temper rewards score` on such a row answers without a worker (it starts workers on first need), and
+close() kills a worker that never became ready instead of waiting for its imports to finish.
 """
 
 from __future__ import annotations
@@ -160,9 +160,14 @@ class _Worker:
 
 
 class RewardScorer:
-    """Scores requests with the rubric of `cfg` on `cfg.num_workers` processes (0 = all cores)."""
+    """Scores requests with the rubric of `cfg` on `cfg.num_workers` processes (0 = all cores).
 
-    def __init__(self, cfg: RewardsConfig) -> None:
+    start_workers: spawn the worker processes now, so that their imports overlap with each other and
+    with the caller's own start-up (training); False spawns each on first need (`temper rewards`, where
+    quick checks may decide every row and the next thing after construction is scoring anyway).
+    """
+
+    def __init__(self, cfg: RewardsConfig, start_workers: bool = True) -> None:
         self.cfg = cfg
         validate_rewards_config(cfg)
         self.weights = [(term_name(t), t.weight) for t in cfg.terms]
@@ -178,8 +183,8 @@ class RewardScorer:
         n = cfg.num_workers or os.cpu_count() or 1
         ctx = mp.get_context("spawn")
         self._workers = [_Worker(ctx, cfg.model_dump_json(), indices) for _ in range(n if indices else 0)]
-        for w in self._workers:
-            w.start()  # start them all now: their imports overlap with each other and with the caller
+        for w in self._workers if start_workers else []:
+            w.start()
         self._idle: queue.Queue[_Worker] = queue.Queue()
         for w in self._workers:
             self._idle.put(w)

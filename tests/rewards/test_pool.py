@@ -156,9 +156,12 @@ def test_quick_verdicts_come_from_the_caller_without_waiting_for_a_worker(plugin
     assert decided.score == 1.0 and decided.breakdown["Quick/pid"] == os.getpid()
     assert broken.score == 0.0 and broken.error == "Quick: ValueError: quick broke"
     assert len(pids) == 1 and not _alive(pids[0])  # the still-starting worker was killed
-    with RewardScorer(_cfg(5.0, 1, RewardTerm(verifier="pool_fixture_verifiers:Quick", name="Quick"))) as s:
+    quick_term = RewardTerm(verifier="pool_fixture_verifiers:Quick", name="Quick")
+    with RewardScorer(_cfg(5.0, 1, quick_term), start_workers=False) as s:
+        s.score([VerifyRequest(response="q:0")])
+        assert s.worker_pids() == []  # what `temper rewards` does: workers start on first need
         (undecided,) = s.score([VerifyRequest(response="x")])
-        assert s.stats()["calls"] == 1
+        assert s.stats()["calls"] == 2 and len(s.worker_pids()) == 1
     assert undecided.score == 0.5 and undecided.breakdown["Quick/pid"] != os.getpid()  # verify() in a worker
 
 
