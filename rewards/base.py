@@ -75,3 +75,14 @@ class Verifier(ABC):
     @abstractmethod
     def verify(self, request: VerifyRequest) -> VerifyResult:
         """Judge one sample. Must not raise on any response text; may raise on its own bugs."""
+
+    @classmethod
+    def quick(cls, params: BaseModel, request: VerifyRequest) -> VerifyResult | None:
+        """A verdict reached from the text alone, or None when only `verify` can decide.
+
+        The scoring pool calls this in the calling process before it sends the sample to a worker, so
+        it runs outside the per-sample timeout: it must take time linear in the request, import nothing
+        heavy and never run untrusted code. `verify` must agree with it wherever it answers (the math
+        verifier calls it first). `params` is a validated instance of `Params`.
+        """
+        return None

@@ -92,7 +92,7 @@ def rewards_config(args: argparse.Namespace, n_rows: int) -> RewardsConfig:
 def score_all(cfg: RewardsConfig, requests: list[VerifyRequest]) -> list[VerifyResult]:
     from temper.rewards.pool import RewardScorer
 
-    with RewardScorer(cfg) as scorer:
+    with RewardScorer(cfg, start_workers=False) as scorer:  # rows a quick check decides need no worker
         return scorer.score(requests)
 
 

@@ -35,6 +35,19 @@ def test_list_is_fast_and_imports_no_torch_vllm_ray():
     assert elapsed < 2.0
 
 
+def test_score_one_integer_row_needs_no_worker_and_no_sympy():
+    """`temper rewards score` on a GSM8K-style row: the pool's quick check answers in this process, so no
+    worker is spawned and sympy never loads (README "Debugging rewards": ~1 s against ~3.7 s before).
+    Checked by what was imported, not by wall time, which the shared CI machines make unreliable."""
+    code = ("import sys; from temper.rewards.cli import main; "
+            "main(['score', '--verifier', 'math', '--response', r'so \\boxed{2}', '--label', '2', '--format', 'json']); "
+            "print('LOADED', [m for m in ('sympy', 'multiprocessing.popen_spawn_posix') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["rows"][0]["reward"] == 1.0
+    assert "LOADED []" in out.stdout
+
+
 def test_list_json(capsys):
     assert main(["list", "--format", "json"]) == 0
     infos = {i["name"]: i for i in json.loads(capsys.readouterr().out)}
