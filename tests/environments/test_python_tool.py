@@ -63,38 +63,52 @@ def test_state_carries_over_within_an_episode_only_when_asked(runner):
     assert second.error == "tool_error" and "NameError" in second.content
 
 
-def _sandbox_processes() -> list[int]:
-    """Processes running as one of the sandbox uids (or a bwrap)."""
-    from temper.rewards.sandbox import UID_BASE, UID_COUNT
+def _status(pid) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
+
+def _uids_of_my_sandboxes() -> set[int]:
+    """The sandbox uids of the bwrap processes this test process started (other runs may share the machine)."""
+    uids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            st = _status(pid)
+        except OSError:
+            continue
+        if st.get("Name") == "bwrap" and int(st["PPid"]) == os.getpid():
+            uids.add(int(st["Uid"].split()[0]))
+    return uids
+
+
+def _processes_of(uids: set[int]) -> list[int]:
+    """Live processes of these uids (a zombie runs nothing and holds no memory: the kernel reaps it)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/status") as f:
-                uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-            with open(f"/proc/{pid}/comm") as f:
-                comm = f.read().strip()
-        except (OSError, StopIteration, ValueError):
+            st = _status(pid)
+            if int(st["Uid"].split()[0]) in uids and not st["State"].startswith("Z"):
+                found.append(int(pid))
+        except (OSError, KeyError):
             continue
-        if UID_BASE <= uid < UID_BASE + UID_COUNT or comm == "bwrap":
-            found.append(int(pid))
     return found
 
 
 def test_a_cancelled_episode_leaves_no_sandbox_behind(runner):
-    before = set(_sandbox_processes())
+    uids: set[int] = set()
 
     async def cancel_midway():
         task = asyncio.ensure_future(python_tool(runner).run({"code": "import time\nprint('up', flush=True)\n"
                                                                        "time.sleep(60)"}))
-        for _ in range(200):  # until the sandbox is running
+        for _ in range(400):  # until the sandbox is running
             await asyncio.sleep(0.05)
-            if set(_sandbox_processes()) - before:
+            uids.update(_uids_of_my_sandboxes())
+            if uids and len(_processes_of(uids)) > 1:  # bwrap and the code inside it
                 break
-        assert set(_sandbox_processes()) - before, "the sandbox never started"
+        assert _processes_of(uids), "the sandbox never started"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(cancel_midway())
-    assert set(_sandbox_processes()) - before == set()  # gone when the cancellation returns, not at the timeout
+    assert _processes_of(uids) == []  # gone when the cancellation returns, not at the timeout

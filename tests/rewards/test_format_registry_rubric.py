@@ -40,7 +40,7 @@ def test_box_scan_is_linear():
     start = time.perf_counter()
     assert final_boxed("\\boxed{" * 100_000) is None
     assert final_boxed("so \\boxed 5 " * 100_000 + "so \\boxed{7}") == ["7"]
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 30  # a hang guard, not a speed claim: the quadratic scan took minutes
 
 
 def test_format_verifier():
