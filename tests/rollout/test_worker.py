@@ -9,6 +9,7 @@ from temper.configs.schema import BufferConfig, RunConfig
 from temper.environments.single_turn import SingleTurnEnvironment
 from temper.rewards.pool import RewardScorer
 from temper.rollout.buffer import ReplayBuffer
+from temper.rollout.dispatch import PromptDispatch
 from temper.rollout.engine import Completion
 from temper.rollout.worker import RolloutWorker
 
@@ -32,6 +33,10 @@ class FakeEngine:
         return outs
 
 
+def one_shard(rows):
+    return PromptDispatch(PromptDispatch.shard_sizes(len(rows), 1), seed=0, shuffle=True)
+
+
 def make_worker(demo_assets, buffer, env_cls=SingleTurnEnvironment):
     from transformers import AutoTokenizer
 
@@ -51,8 +56,8 @@ def make_worker(demo_assets, buffer, env_cls=SingleTurnEnvironment):
 
 def test_loop_fills_the_buffer_with_scored_groups(demo_assets):
     async def main():
-        buffer = ReplayBuffer(BufferConfig(max_staleness=0), batch_groups=3)
-        worker, _ = make_worker(demo_assets, buffer)
+        worker, rows = make_worker(demo_assets, None)
+        worker.buffer = buffer = ReplayBuffer(BufferConfig(max_staleness=0), batch_groups=3, dispatch=one_shard(rows))
         run = asyncio.create_task(worker.run())
         batch = await buffer.get_batch(3, learner_version=3, timeout=60)
         await worker.stop()
@@ -88,8 +93,8 @@ class BrokenEnvironment(SingleTurnEnvironment):
 
 def test_a_worker_whose_groups_keep_failing_stops_loudly(demo_assets):
     async def main():
-        buffer = ReplayBuffer(BufferConfig(), batch_groups=64)
-        worker, _ = make_worker(demo_assets, buffer, BrokenEnvironment)
+        worker, rows = make_worker(demo_assets, None, BrokenEnvironment)
+        worker.buffer = ReplayBuffer(BufferConfig(), batch_groups=64, dispatch=one_shard(rows))
         try:
             await asyncio.wait_for(worker.run(), 60)
         finally:
