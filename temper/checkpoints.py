@@ -76,6 +76,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def remove_partial(run_dir: Path) -> list[Path]:
+    """Remove temporary checkpoint folders of a run whose writer is gone (it crashed mid-write)."""
+    import psutil
+
+    removed = []
+    for tmp in (run_dir / "checkpoints").glob(".step-*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def is_complete(folder: Path) -> bool:
     return all((folder / f).is_file() for f in REQUIRED)
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,6 +62,27 @@ def remove_orphaned_shm(before: set[str]) -> list[str]:
         with contextlib.suppress(OSError):
             os.unlink(path)
     return [os.path.basename(p) for p in orphans]
+
+
+def weights_folder(run_name: str) -> str:
+    """A fresh folder for the weights the learner publishes: /dev/shm/temper-NAME-PID-XXXX (the driver's pid,
+    so a later run can tell a crashed run's folder from a live one's)."""
+    base = SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK) else tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix=f"temper-{run_name}-{os.getpid()}-", dir=base)
+
+
+def remove_dead_weights_folders() -> list[str]:
+    """Remove weights folders whose driver is gone (a SIGKILLed run cannot clean up after itself)."""
+    import psutil
+
+    removed = []
+    for base in {SHM, tempfile.gettempdir()}:
+        for path in Path(base).glob("temper-*-*-*"):
+            m = re.fullmatch(r"temper-.+-(\d+)-[^-]+", path.name)
+            if m and path.is_dir() and not psutil.pid_exists(int(m.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(str(path))
+    return removed
 
 
 def descendants() -> list[tuple[int, float]]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from temper import checkpoints
-from temper.cleanup import Teardown, signals_held
+from temper.cleanup import Teardown, remove_dead_weights_folders, signals_held, weights_folder
 from temper.configs.data import DataError, load_prompts
 from temper.configs.load import ConfigError
 from temper.configs.schema import RunConfig
@@ -112,6 +112,8 @@ def prepare(cfg: RunConfig, log=print, resume: str | None = None) -> Prepared:
     if resume:
         p.resume = checkpoints.resolve_resume(resume, base, cfg.name)
         p.start = checkpoints.version_of(p.resume)
+        if p.resume.parent.name == "checkpoints":
+            checkpoints.remove_partial(p.resume.parent.parent)
         if p.start >= cfg.learner.steps:
             raise ConfigError(f"--resume: the checkpoint {p.resume} is at step {p.start} and learner.steps = "
                               f"{cfg.learner.steps}: nothing left to train (raise learner.steps)")
@@ -137,6 +139,12 @@ def connect_ray(cfg: RunConfig, teardown: Teardown) -> bool:
         ray.init(address="auto", **quiet)  # a `ray start --head` cluster on this machine
         return False
     except ConnectionError:
+        from temper import resources
+
+        try:  # CPUs are known before the cluster starts: a run that can never fit is refused at once
+            resources.check_local(cfg)
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
         teardown.private_ray = tempfile.mkdtemp(prefix="temper-ray-", dir="/tmp")
         # Ray >= 2.59 secures local clusters with a token and saves it to ~/.ray/auth_token, where a later
         # `ray start --head` would pick it up and `ray job submit` would then be refused. A per-run token in
@@ -157,11 +165,6 @@ def ray_logs_dir() -> str | None:
 def _eval_record(step: int, correct: int, n: int) -> dict[str, Any]:
     lo, hi = wilson_interval(correct, n)
     return {"step": step, "correct": correct, "n": n, "accuracy": correct / max(n, 1), "ci_low": lo, "ci_high": hi}
-
-
-def _shm_root(run_name: str) -> str:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix=f"temper-{run_name}-", dir=base)
 
 
 def train(cfg: RunConfig, log=print, resume: str | None = None, prepared: Prepared | None = None) -> dict[str, Any]:
@@ -226,7 +229,8 @@ def _run(p: Prepared, run_dir: Path, teardown: Teardown, progress: dict[str, Any
 
     cfg, start = p.cfg, p.start
     start_weights = str(p.resume) if p.resume else None  # the learner's and the engines' (None: model.path)
-    teardown.weights_root = _shm_root(cfg.name)
+    remove_dead_weights_folders()
+    teardown.weights_root = weights_folder(cfg.name)
     rollouts = str(run_dir / "rollouts.jsonl") if cfg.logging.save_rollouts else None
     dispatch = PromptDispatch(PromptDispatch.shard_sizes(p.train_rows, cfg.rollout.num_workers), cfg.seed,
                               cfg.data.shuffle)

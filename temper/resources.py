@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from temper.configs.schema import RunConfig
 
@@ -91,6 +90,18 @@ def autoscaling_limit() -> list[dict[str, float]] | None:
     return nodes
 
 
+def check_local(cfg: RunConfig) -> None:
+    """Before starting a private cluster: its CPUs are ray.num_cpus (or all cores); GPUs are counted once it
+    is up (`check`). Raises RuntimeError like `check`."""
+    import os
+
+    cpus = cfg.ray.num_cpus if cfg.ray.num_cpus is not None else os.cpu_count() or 1
+    hint = f"; ray.num_cpus = {cfg.ray.num_cpus}" if cfg.ray.num_cpus is not None else f"; {cpus} cores here"
+    problem = shortfall(asks(cfg), [{"CPU": float(cpus), "GPU": float("inf")}], hint)
+    if problem is not None:
+        raise RuntimeError(problem)
+
+
 def check(cfg: RunConfig, private_cluster: bool, log=print, sleep=time.sleep) -> None:
     """Return when the cluster can hold the run; raise RuntimeError naming the fields when it never can,
     or when an autoscaling cluster has not grown enough within ray.resource_wait_s."""
@@ -115,7 +126,3 @@ def check(cfg: RunConfig, private_cluster: bool, log=print, sleep=time.sleep) ->
         sleep(5)
 
 
-def describe(nodes: list[dict[str, Any]]) -> str:
-    cpus = sum(n.get("CPU", 0.0) for n in nodes)
-    gpus = sum(n.get("GPU", 0.0) for n in nodes)
-    return f"{len(nodes)} node(s), {_num(cpus)} CPUs, {_num(gpus)} GPUs"

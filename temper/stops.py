@@ -84,7 +84,8 @@ def describe(exc: BaseException) -> str:
             return _actor_death(str(cause))
         if isinstance(cause, (TimeoutError, RunError)):  # the buffer explains what it dropped and why
             return str(cause)
-        return f"{getattr(exc, 'function_name', None) or 'an actor'} raised {type(cause).__name__}: {cause}"
+        where = re.search(r"ray::([\w.]+)\(\)", str(exc))  # the failing actor method, as Ray titles it
+        return f"{where.group(1) if where else 'an actor'} raised {type(cause).__name__}: {cause}"
     if isinstance(exc, rex.RayActorError):
         return _actor_death(str(exc))
     if isinstance(exc, rex.GetTimeoutError):
