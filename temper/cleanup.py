@@ -113,6 +113,7 @@ def kill_survivors(procs: list[tuple[int, float]], grace_s: float = 5.0) -> list
     for p in left:
         with contextlib.suppress(psutil.Error):
             p.kill()
+    psutil.wait_procs(left, timeout=5)  # gone before their folders are removed, or they write into them again
     return [p.pid for p in left]
 
 
@@ -143,6 +144,9 @@ class Teardown:
     run_dir: Path | None = None
     workers: list[Any] = field(default_factory=list)
     """Every rollout worker actor ever created, replacements included."""
+    engines_up: list[Any] = field(default_factory=list)
+    """Those whose engine finished starting (asked to shut it down; the others are killed straight away:
+    an engine still being built blocks its actor, so the request would only wait)."""
     learner: Any = None
     buffer: Any = None
 
@@ -157,7 +161,7 @@ class Teardown:
         if ray.is_initialized():
             # Engines first: a killed vLLM actor leaks its segments. Learner: its weight transfer (NCCL groups).
             with contextlib.suppress(Exception):
-                refs = [w.shutdown.remote() for w in self.workers]
+                refs = [w.shutdown.remote() for w in self.engines_up]
                 ray.wait(refs, num_returns=len(refs), timeout=60)
             if self.learner is not None:
                 with contextlib.suppress(Exception):
@@ -169,6 +173,8 @@ class Teardown:
         with contextlib.suppress(Exception):
             ray.shutdown()  # disconnects; also stops the cluster when this process started it
         kill_survivors(started)
+        if len(self.engines_up) < len(self.workers) and not started:
+            time.sleep(3)  # on a cluster we joined: killed actors' engine processes take a moment to exit
         if self.weights_root:
             shutil.rmtree(self.weights_root, ignore_errors=True)
         if self.private_ray:

@@ -72,6 +72,7 @@ class WorkerPool:
                          f"not up (free in the cluster now: {free or 'no CPUs or GPUs'})")
                 note += NOTE_EVERY_S
         ray.get(refs)  # raises the first start failure
+        self.teardown.engines_up.extend(self.workers)
         ray.get(self.learner.connect_engines.remote(RayEngines(self.workers), len(self.workers)))
 
     def run(self) -> None:
@@ -89,6 +90,7 @@ class WorkerPool:
         with contextlib.suppress(Exception):
             ray.wait(list(self.run_refs), num_returns=len(self.run_refs), timeout=60)
         self.run_refs.clear()
+        self.running = False
 
     def live(self) -> list[Any]:
         return [w for i, w in enumerate(self.workers) if i not in self.starting]
@@ -173,6 +175,7 @@ class WorkerPool:
             self._died(i, f"its replacement failed to start: {describe(e)}")
             return
         self.workers[i] = actor
+        self.teardown.engines_up.append(actor)
         ray.get(self.learner.connect_engines.remote(RayEngines(self.workers), len(self.workers)))
         if version != self.start_version:  # the engine holds the run's start weights: bring it to `version`
             ray.get(self.learner.sync_weights.remote(version))
