@@ -26,6 +26,7 @@ bench: setup
 	$(VENV)/bin/python bench/bench_learner_batching.py
 	$(VENV)/bin/python bench/bench_sandbox.py
 	$(VENV)/bin/python bench/bench_async.py
+	$(VENV)/bin/python bench/bench_restart.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

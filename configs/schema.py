@@ -24,12 +24,14 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    """Prompts: JSONL rows read through `datasets`; each row has the prompt and a verifiable label."""
+    """Prompts: rows that each have the prompt and a verifiable label, all read and checked before any actor
+    starts (configs/data.py)."""
 
     train: str = ""
-    """Training prompts (JSONL). With [demo] enabled it is filled in."""
+    """Training prompts: JSONL, Parquet/CSV/JSON, or a Hugging Face `datasets` folder (save_to_disk). With
+    [demo] enabled it is filled in."""
     eval: str = ""
-    """Held-out prompts (JSONL) for accuracy before/after and during training; empty = no eval."""
+    """Held-out prompts (same formats) for accuracy before/after and during training; empty = no eval."""
     prompt_key: str = "prompt"
     """Row field holding the user message (a string) or a list of chat messages."""
     label_key: str = "label"
@@ -38,6 +40,9 @@ class DataConfig(Strict):
     """Prepended as a system message when the row's prompt is a plain string."""
     shuffle: bool = True
     """Reshuffle the training prompts every epoch (seeded)."""
+    on_bad_line: Literal["error", "skip"] = "error"
+    """A line that is not a JSON object with prompt_key and label_key: "error" stops before anything starts,
+    naming file:line and the field; "skip" leaves it out, counts it and reports it."""
 
 
 class SamplingConfig(Strict):
@@ -83,6 +88,10 @@ class RolloutConfig(Strict):
     """Samples per prompt (GRPO group)."""
     max_concurrent_groups: int = Field(16, ge=1)
     """Groups a worker keeps in flight in its engine at once."""
+    max_restarts: int = Field(3, ge=0)
+    """Dead or hung rollout workers replaced during a run (all workers together); one more stops the run."""
+    stall_timeout_s: float = Field(600.0, gt=0)
+    """A worker with groups in flight that finishes none for this long is hung: it is killed and replaced."""
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     """Sampling parameters."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -192,7 +201,9 @@ class LoggingConfig(Strict):
     """Run directory, metrics, plots."""
 
     run_dir: str = "runs"
-    """Parent folder; each run writes to RUN_DIR/NAME-TIMESTAMP/."""
+    """Parent folder; each run writes to RUN_DIR/NAME-TIMESTAMP/. A relative path is taken from $TEMPER_RUNS
+    when set, else from ~/temper-runs under `ray job submit` (whose working dir is a temporary copy that Ray
+    deletes), else from the current directory."""
     progress_bar: bool = True
     """Show a console progress bar."""
     save_rollouts: bool = True
@@ -206,6 +217,8 @@ class CheckpointConfig(Strict):
     """Save every N steps (0 = only at the end when save_final is set)."""
     save_final: bool = True
     """Save the final policy as an HF folder in the run directory."""
+    keep_last: int = Field(0, ge=0)
+    """Keep only the newest N checkpoints of a run (0 = keep all)."""
 
 
 class WeightSyncConfig(Strict):
@@ -236,6 +249,9 @@ class RayConfig(Strict):
     """CPUs reserved for the learner."""
     learner_gpus: float = Field(0.0, ge=0)
     """GPUs for the learner."""
+    resource_wait_s: float = Field(600.0, ge=0)
+    """On an autoscaling cluster that can grow to fit the run but does not yet: how long to wait for nodes.
+    A cluster that can never fit it is an error at once."""
 
 
 class DemoConfig(Strict):

@@ -259,11 +259,14 @@ class Learner:
 
     def connect_engines(self, invoke, num_engines: int, engine_world_size: int = 1) -> str:
         """Handshake with the rollout engines through vLLM's weight-transfer API (learner/weight_sync.py).
+        Called again when an engine is replaced.
 
         invoke(method, kwargs per engine) calls one `weights_*` method on every engine and waits."""
         from temper.learner.weight_sync import EngineClient, connect
 
         ws = self.cfg.weight_sync
+        if self.transfer is not None:  # again, after a rollout worker was replaced: a fresh handshake
+            self.transfer.shutdown()
         self.engines = EngineClient(invoke, num_engines, engine_world_size)
         self.transfer = connect(
             ws.backend, self.model, DTYPES[self.cfg.model.dtype], self.engines, str(self.weights_root), ws.packed

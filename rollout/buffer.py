@@ -9,6 +9,11 @@ Two mechanisms keep data fresh, as in AReaL:
   that straddled several updates, a slow worker).
 Dropped groups (stale, zero-variance, overflow) are counted by reason and reported with each batch.
 
+With a `PromptDispatch` (rollout/dispatch.py) the buffer also decides which prompt each worker generates
+next (`next_prompt`: a slot and a prompt in one step) and remembers what every worker has in flight, so
+the driver can hand a dead worker's groups to its replacement (`requeue_worker`) and spot a hung one
+(`worker_progress`); batches then come in issue order, so a sync-mode run is reproducible.
+
 A plain asyncio class: tests drive it directly; temper/actors.py makes it a Ray actor, and workers reach it
 through `RemoteBuffer` below.
 """
@@ -17,18 +22,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter, deque
 from typing import Any
 
 from temper.configs.schema import BufferConfig
+from temper.rollout.dispatch import PromptDispatch, Ticket
 from temper.rollout.types import Group, Sample, episode_metrics
 
 
 class ReplayBuffer:
-    def __init__(self, cfg: BufferConfig, batch_groups: int, rollouts_path: str | None = None) -> None:
+    def __init__(
+        self, cfg: BufferConfig, batch_groups: int, rollouts_path: str | None = None,
+        dispatch: PromptDispatch | None = None,
+    ) -> None:
         self.cfg = cfg
         self.batch_groups = batch_groups
+        self.dispatch = dispatch
         self.groups: deque[Group] = deque()
+        self._seq: dict[str, int] = {}  # group_id -> issue order, for held groups that came through dispatch
+        self._last_progress: dict[int, float] = {}  # worker -> monotonic time it last got or returned a group
+        self._incarnation: dict[int, int] = {}  # worker -> how many times it was replaced
+        self.late_duplicates = 0
+        self.generated_tokens = 0  # policy tokens of every group put (kept here: a dead worker's count survives)
+        self.failed_groups = 0
         self.learner_version = 0
         self.started = 0
         self.added = 0
@@ -56,21 +73,85 @@ class ReplayBuffer:
             self.started += 1
             return True
 
-    async def release_slot(self) -> None:
-        """A started group was abandoned (its episode failed): give the slot back."""
+    async def next_prompt(self, worker: int, incarnation: int = 0) -> Ticket | None:
+        """Wait for a slot, then the worker's next prompt from the dispatch. None once the buffer is closed, or
+        when `incarnation` is not the worker's current one (a call from a worker since declared dead must not
+        take a prompt that its replacement is owed)."""
+        assert self.dispatch is not None, "next_prompt needs a PromptDispatch"
+        if not await self.acquire_slot():
+            return None
         async with self._changed:
+            if incarnation != self._incarnation.get(worker, 0):
+                self.started -= 1
+                self._changed.notify_all()
+                return None
+            self._last_progress[worker] = time.monotonic()
+            return self.dispatch.issue(worker)
+
+    async def release_slot(self, group_id: str | None = None) -> None:
+        """A started group was abandoned (its episode failed): give the slot back; its prompt is not retried."""
+        async with self._changed:
+            if self.dispatch is not None and group_id is not None:
+                status, ticket = self.dispatch.finish(group_id)
+                if status != "in_flight":
+                    return  # its worker was declared dead and its slot already given back
+                self._last_progress[ticket.worker] = time.monotonic()
+            self.failed_groups += 1
             self.started -= 1
             self._changed.notify_all()
 
+    def _accept(self, group: Group) -> bool:
+        """Dispatch bookkeeping for a finished group; False for a late duplicate (see rollout/dispatch.py)."""
+        if self.dispatch is None:
+            return True
+        status, ticket = self.dispatch.finish(group.group_id)
+        if status == "unknown":
+            self.late_duplicates += 1
+            return False
+        if status == "queued":  # its slot was given back when the worker was declared dead: take it again
+            self.started += 1
+        self._seq[group.group_id] = ticket.seq
+        self._last_progress[ticket.worker] = time.monotonic()
+        return True
+
+    async def requeue_worker(self, worker: int) -> dict[str, int]:
+        """The worker is dead: its in-flight groups go back to its queue and their slots are freed.
+
+        Returns {"lost": groups that will be generated again, "incarnation": what its replacement passes to
+        next_prompt}."""
+        async with self._changed:
+            lost = self.dispatch.requeue(worker) if self.dispatch is not None else 0
+            self.started -= lost
+            self._incarnation[worker] = self._incarnation.get(worker, 0) + 1
+            self._last_progress.pop(worker, None)
+            self._changed.notify_all()
+            return {"lost": lost, "incarnation": self._incarnation[worker]}
+
+    def worker_progress(self) -> dict[int, dict[str, float]]:
+        """Per worker with groups in flight: how many, and seconds since it last got or returned one."""
+        if self.dispatch is None:
+            return {}
+        now = time.monotonic()
+        out = {}
+        for w in range(len(self.dispatch.cursors)):
+            n = self.dispatch.in_flight_count(w)
+            if n:
+                out[w] = {"in_flight": n, "idle_s": now - self._last_progress.get(w, now)}
+        return out
+
     async def put(self, group: Group) -> None:
         async with self._changed:
+            if not self._accept(group):
+                return
             self.added += 1
+            self.generated_tokens += sum(sum(s.loss_mask) for s in group.samples)
             if self._rollouts is not None:
                 for s in group.samples:
                     self._rollouts.write(json.dumps(s.to_json()) + "\n")
                 self._rollouts.flush()
             if self.cfg.drop_zero_variance and len(set(group.rewards)) == 1:
                 self._drop("zero_variance")
+                self._seq.pop(group.group_id, None)
             else:
                 self.groups.append(group)
             self._changed.notify_all()
@@ -85,6 +166,7 @@ class ReplayBuffer:
         for g in self.groups:
             if self.learner_version - g.min_version > self.cfg.max_staleness:
                 self._drop("stale")
+                self._seq.pop(g.group_id, None)
             else:
                 fresh.append(g)
         self.groups = fresh
@@ -119,9 +201,12 @@ class ReplayBuffer:
             if len(self.groups) < n_groups:
                 raise RuntimeError("buffer closed while the learner waited for a batch")
             batch = [self.groups.popleft() for _ in range(n_groups)]
+            if self.dispatch is not None:
+                batch.sort(key=lambda g: self._seq.pop(g.group_id))
             self.consumed += n_groups
             staleness = [learner_version - g.min_version for g in batch]
             self._batch_stats = {
+                "batch/group_ids": [g.group_id for g in batch],
                 "buffer/size": len(self.groups),
                 "buffer/staleness_mean": sum(staleness) / len(staleness),
                 "buffer/staleness_max": max(staleness),
@@ -145,23 +230,35 @@ class ReplayBuffer:
             "consumed": self.consumed,
             "learner_version": self.learner_version,
             "dropped": dict(self.dropped),
+            "late_duplicates": self.late_duplicates,
+            "generated_tokens": self.generated_tokens,
+            "failed_groups": self.failed_groups,
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: held groups and counters (JSON-serialisable)."""
+        """Everything needed to resume: held groups, counters, and the dispatch's cursors and in-flight
+        groups (JSON-serialisable)."""
         return {
             **self.stats(),
-            "groups": [{"group_id": g.group_id, "samples": [s.to_json() for s in g.samples]} for g in self.groups],
+            "groups": [
+                {"group_id": g.group_id, "seq": self._seq.get(g.group_id),
+                 "samples": [s.to_json() for s in g.samples]}
+                for g in self.groups
+            ],
+            "dispatch": self.dispatch.state_dict() if self.dispatch is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.groups = deque(
             Group(g["group_id"], tuple(Sample.from_json(s) for s in g["samples"])) for g in state["groups"]
         )
+        self._seq = {g["group_id"]: g["seq"] for g in state["groups"] if g.get("seq") is not None}
         self.learner_version = state["learner_version"]
         self.added, self.consumed = state["added"], state["consumed"]
         self.dropped = Counter(state["dropped"])
-        # Groups in flight at save time are lost; restart the throttle from what is held.
+        if self.dispatch is not None and state.get("dispatch"):
+            self.dispatch.load_state_dict(state["dispatch"])  # in-flight groups come back queued
+        # Groups in flight at save time hold no slot now: they take one again when issued.
         self.started = self.consumed + len(self.groups) + sum(self.dropped.values())
 
     async def close(self) -> None:
@@ -182,8 +279,11 @@ class RemoteBuffer:
     async def acquire_slot(self) -> bool:
         return await self.handle.acquire_slot.remote()
 
-    async def release_slot(self) -> None:
-        await self.handle.release_slot.remote()
+    async def next_prompt(self, worker: int, incarnation: int = 0) -> Ticket | None:
+        return await self.handle.next_prompt.remote(worker, incarnation)
+
+    async def release_slot(self, group_id: str | None = None) -> None:
+        await self.handle.release_slot.remote(group_id)
 
     async def put(self, group: Group) -> None:
         await self.handle.put.remote(group)

@@ -94,6 +94,11 @@ class Engine:
         self.version = 0
         self.tokenizer = None
 
+    @property
+    def errored(self) -> bool:
+        """The engine's own process died (crashed or killed): no request sent to it can finish."""
+        return self.llm is None or self.llm.errored
+
     async def init(self, version: int = 0) -> None:
         """version: what the loaded weights are (0, or the checkpoint's version when resuming)."""
         self.tokenizer = self.llm.get_tokenizer()

@@ -1,9 +1,11 @@
 """A rollout worker: one vLLM engine looping on its shard of prompts, feeding complete groups to the buffer.
 
-The loop is deliberately plain: take the next row, wait for a generation slot (the buffer's staleness
-throttle), run the environment for `group_size` episodes, score them, put the group. Up to
-`max_concurrent_groups` of these run at once so the engine always has a full batch; weight updates arrive
-on the same event loop between engine steps and never interrupt a request.
+The loop is deliberately plain: ask the buffer for the next prompt (it waits for a slot under the
+staleness throttle and keeps this worker's data cursor, so a replacement worker or a resumed run carries
+on where this one stopped), run the environment for `group_size` episodes, score them, put the group. Up
+to `max_concurrent_groups` of these run at once so the engine always has a full batch; weight updates
+arrive on the same event loop between engine steps and never interrupt a request. A dead engine ends the
+loop with `EngineDied` and returns no slot: the driver re-issues its groups to a replacement worker.
 
 A plain class with async methods: tests run it in asyncio with a local ReplayBuffer; temper/actors.py
 makes it a Ray actor.
@@ -12,20 +14,24 @@ makes it a Ray actor.
 from __future__ import annotations
 
 import asyncio
-import random
 import traceback
 from typing import Any, Protocol
 
-from temper.configs.data import load_rows
+from temper.configs.data import load_prompts
 from temper.configs.schema import RunConfig
 from temper.environments.registry import resolve_environment
+from temper.rollout.dispatch import Ticket
 from temper.rollout.types import Group, Sample
 
 
 class BufferLike(Protocol):
-    async def acquire_slot(self) -> bool: ...
-    async def release_slot(self) -> None: ...
+    async def next_prompt(self, worker: int, incarnation: int = 0) -> Ticket | None: ...
+    async def release_slot(self, group_id: str | None = None) -> None: ...
     async def put(self, group: Group) -> None: ...
+
+
+class EngineDied(RuntimeError):
+    """The worker's vLLM engine is dead: nothing this worker holds can finish; replace the worker."""
 
 
 class RolloutWorker:
@@ -40,7 +46,8 @@ class RolloutWorker:
         self.finished_groups = 0
         self.failed_groups = 0
         self.last_error: str | None = None
-        self._stop = asyncio.Event()
+        self.engine_error: str | None = None
+        self._stop = asyncio.Event()  # set by stop(), or when the engine dies: the loop takes no new prompt
 
     async def start(self, model_path: str | None = None, version: int = 0) -> None:
         """Build the engine, the environment and the scoring pool (slow: call once). model_path/version:
@@ -67,53 +74,69 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------ the loop
     def _shard(self) -> list[dict[str, Any]]:
-        rows = load_rows(self.cfg.data.train)
+        d = self.cfg.data  # read as the driver checked it, so row i means the same row everywhere
+        rows = load_prompts(d.train, d.prompt_key, d.label_key, d.on_bad_line).rows
         return rows[self.index :: self.cfg.rollout.num_workers]
 
-    def _rows_forever(self):
-        rows = self._shard()
-        # A resumed run (engine starting at a checkpoint's version) draws a fresh order, not the first run's.
-        start_version = self.engine.version if self.engine else 0
-        rng = random.Random(self.cfg.seed + self.index + 1_000_003 * start_version)
-        epoch = 0
-        while True:
-            order = list(range(len(rows)))
-            if self.cfg.data.shuffle:
-                rng.shuffle(order)
-            for i in order:
-                yield f"w{self.index}-e{epoch}-r{i}", rows[i]
-            epoch += 1
+    def _engine_dead(self) -> bool:
+        return bool(getattr(self.engine, "errored", False))
 
-    async def run(self) -> None:
-        """Generate groups until stop(); returns normally, raises only on a bug (which the driver sees)."""
+    async def run(self, incarnation: int = 0) -> None:
+        """Generate groups until stop(); returns normally. Raises EngineDied when the engine dies, and
+        RuntimeError when most groups fail (a bad dataset or environment); the driver sees both.
+
+        incarnation: how many workers held this index before (the buffer's `requeue_worker`)."""
         assert self.buffer is not None and self.engine is not None
+        rows = self._shard()
         limit = asyncio.Semaphore(self.cfg.rollout.max_concurrent_groups)
         tasks: set[asyncio.Task] = set()
-        for group_id, row in self._rows_forever():
+        while True:
             await limit.acquire()
             if self.failed_groups >= 8 and self.failed_groups > self.finished_groups:
                 # Failing more often than not is a bad dataset or environment, not bad luck: stop loudly.
                 raise RuntimeError(f"rollout worker {self.index}: {self.failed_groups} groups failed, "
                                    f"{self.finished_groups} succeeded; last error:\n{self.last_error}")
-            if self._stop.is_set() or not await self.buffer.acquire_slot():
+            ticket = await self._next_ticket(incarnation)
+            if ticket is None:
                 limit.release()
                 break
-            task = asyncio.create_task(self._one_group(group_id, row, limit))
+            task = asyncio.create_task(self._one_group(ticket.group_id, rows[ticket.row], limit))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.engine_error is not None:
+            raise EngineDied(f"rollout worker {self.index}: the vLLM engine died: {self.engine_error}")
+
+    async def _next_ticket(self, incarnation: int) -> Ticket | None:
+        """The buffer's next prompt for this worker; None once stopping (stop() or a dead engine), even while
+        the buffer's throttle still holds the request. A prompt issued to a request given up here stays in
+        flight for this worker: stopping on a dead engine means the driver re-issues it."""
+        if self._stop.is_set():
+            return None
+        ask = asyncio.ensure_future(self.buffer.next_prompt(self.index, incarnation))
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({ask, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if ask.done():
+            return ask.result()
+        ask.cancel()
+        return None
 
     async def _one_group(self, group_id: str, row: dict[str, Any], limit: asyncio.Semaphore) -> None:
         try:
             group = await self.rollout_group(group_id, row)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a broken row or environment must not kill the worker: count it, free the slot
-            self.failed_groups += 1
-            self.last_error = traceback.format_exc(limit=3)
-            await self.buffer.release_slot()
+        except Exception as e:  # noqa: BLE001 - a broken row or environment must not kill the worker: count it, free the slot
+            if self._engine_dead():  # not this group's fault: keep it in flight so it is issued again
+                self.engine_error = self.engine_error or f"{type(e).__name__}: {e}"
+                self._stop.set()
+            else:
+                self.failed_groups += 1
+                self.last_error = traceback.format_exc(limit=3)
+                await self.buffer.release_slot(group_id)
         else:
             await self.buffer.put(group)
         finally:

@@ -20,37 +20,34 @@ def _train(argv: list[str]) -> int:
         help="override a config field, e.g. --set learner.optimizer.lr=1e-4 (repeatable)",
     )
     parser.add_argument(
-        "--resume", metavar="CHECKPOINT", default=None,
-        help="continue from a checkpoint folder (RUN_DIR/checkpoints/step-N, see checkpoint.every_steps)",
+        "--resume", metavar="RUN_DIR|CHECKPOINT|latest", default=None,
+        help="continue a run: its folder (newest complete checkpoint), one checkpoint folder "
+             "(RUN_DIR/checkpoints/step-N), or `latest` (the newest run of this config's name that has one)",
     )
     args = parser.parse_args(argv)
     from temper.configs.load import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
-        from temper.job import prepare, read_checkpoint
+        from temper.job import prepare
 
-        prepare(cfg)  # cheap config/path/plugin checks before Ray or torch-heavy work
-        if args.resume:
-            read_checkpoint(args.resume, cfg)
+        # Config, paths, every data line, plugins and the checkpoint: all before Ray or torch-heavy work.
+        prepared = prepare(cfg, resume=args.resume)
     except ConfigError as e:
         print(f"temper train: {e}", file=sys.stderr)
         return 2
-    from temper.job import RunError, train
+    from temper.job import RunStopped, train
 
     # `kill` and `ray job stop` send SIGTERM: treat it like Ctrl-C so the same cleanup runs.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        train(cfg, resume=args.resume)
+        train(prepared.cfg, prepared=prepared)
     except ConfigError as e:
         print(f"temper train: {e}", file=sys.stderr)
         return 2
-    except RunError as e:
-        print(f"temper train: stopped: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("temper train: interrupted; engines, actors and /dev/shm cleaned up", file=sys.stderr)
-        return 130
+    except RunStopped as e:
+        print(e.message(["temper", "train", *argv]), file=sys.stderr)
+        return 130 if e.interrupted else 1
     return 0
 
 

@@ -9,36 +9,60 @@
         buffer.set_version(version + 1)                       # opens the staleness throttle
 
 Workers never wait for the learner except through the buffer's throttle, so generation overlaps training
-(max_staleness >= 1) or alternates with it (max_staleness = 0, sync mode).
+(max_staleness >= 1) or alternates with it (max_staleness = 0, sync mode). Every wait goes through the
+worker pool (temper/supervisor.py), which replaces a dead or hung worker meanwhile. Before anything
+starts, every data line is read and checked and the cluster is asked whether it can ever hold the run;
+however the run ends, temper/cleanup.py leaves no actor, process or /dev/shm segment behind, and a run
+that stops early says what died and how to resume (temper/stops.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import shutil
 import tempfile
 import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from temper.configs.data import DataError, load_rows
+from temper import checkpoints
+from temper.cleanup import Teardown, remove_dead_weights_folders, signals_held, weights_folder
+from temper.configs.data import DataError, load_prompts
 from temper.configs.load import ConfigError
 from temper.configs.schema import RunConfig
 from temper.report import describe_eval, eval_record, plot_run
+from temper.runs import new_run_dir, runs_base
+from temper.stops import RunError, RunStopped, describe
 
-CHECKPOINT_INFO = "checkpoint.json"
-"""In each checkpoint folder: {"version": N}, the step it was written after."""
+__all__ = ["ConfigError", "Prepared", "RunError", "RunStopped", "prepare", "train"]
+
+CRASH_ENV = "TEMPER_CRASH_AT"
+"""Fault injection for tests: "checkpoint:N" SIGKILLs the driver once checkpoint step-N is complete in its
+temporary folder, just before the rename that publishes it (tests/test_faults.py)."""
 
 
-class RunError(RuntimeError):
-    """A run that cannot go on for a reason the user can act on; the CLI prints it without a traceback."""
+@dataclass
+class Prepared:
+    """A config checked against the files it names, with what the run reads before any actor starts."""
+
+    cfg: RunConfig
+    train_rows: int
+    eval_rows: list[dict[str, Any]]
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    """data.train / data.eval -> "file:line: why" of each bad line left out (data.on_bad_line = "skip")."""
+    runs_base: Path = Path("runs")
+    resume: Path | None = None
+    """The checkpoint folder to continue from."""
+    start: int = 0
+    """The version (= step) the run starts at: the checkpoint's, or 0."""
 
 
-def prepare(cfg: RunConfig, log=print) -> RunConfig:
-    """Fill in demo assets, check every path the run reads, validate plugin params. Before any actor."""
+def prepare(cfg: RunConfig, log=print, resume: str | None = None) -> Prepared:
+    """Fill in demo assets, read and check every data line, validate plugin params, find the checkpoint to
+    resume from. Before any actor: every mistake here is a ConfigError naming the field, file and line."""
     from temper.environments.registry import resolve_environment
     from temper.rewards.rubric import validate_rewards_config
 
@@ -57,14 +81,26 @@ def prepare(cfg: RunConfig, log=print) -> RunConfig:
     model = Path(cfg.model.path).expanduser()
     if not (model / "config.json").is_file():
         raise ConfigError(f"model.path: {model} is not a Hugging Face model folder (no config.json)")
-    for field, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
-        if value and not Path(value).expanduser().is_file():
-            raise ConfigError(f"{field}: file not found: {value}")
-        if value:  # read every line now: a bad one is named here, not after the cluster and engines start
-            try:
-                load_rows(value, required=(cfg.data.prompt_key,))
-            except DataError as e:
-                raise ConfigError(f"{field}: {e}") from None
+    rows: dict[str, list[dict[str, Any]]] = {}
+    skipped: dict[str, list[str]] = {}
+    d = cfg.data
+    for name, value in (("data.train", d.train), ("data.eval", d.eval)):
+        if not value:
+            continue
+        if not Path(value).expanduser().exists():
+            raise ConfigError(f"{name}: file not found: {value}")
+        try:
+            read = load_prompts(value, d.prompt_key, d.label_key, d.on_bad_line)
+        except DataError as e:
+            hint = " (or set data.on_bad_line = \"skip\")" if d.on_bad_line == "error" else ""
+            raise ConfigError(f"{name}: {e}{hint}") from None
+        rows[name] = read.rows
+        if read.skipped:
+            skipped[name] = read.skipped
+            log(f"{name}: skipped {len(read.skipped)} bad line(s) (data.on_bad_line = \"skip\"); first: {read.skipped[0]}")
+    if len(rows["data.train"]) < cfg.rollout.num_workers:
+        raise ConfigError(f"data.train: {len(rows['data.train'])} usable rows for rollout.num_workers = "
+                          f"{cfg.rollout.num_workers}: every worker needs at least one")
     validate_rewards_config(cfg.rewards)
     try:
         env_cls = resolve_environment(cfg.environment.name)
@@ -74,15 +110,25 @@ def prepare(cfg: RunConfig, log=print) -> RunConfig:
     if cfg.eval.without_tools and not hasattr(env_cls, "without_tools"):
         raise ConfigError(f"eval.without_tools: environment {cfg.environment.name!r} offers no tools to take away "
                           "(use a tool environment, e.g. name = \"tool\")")
-    return cfg
+    base, _ = runs_base(cfg.logging.run_dir)
+    p = Prepared(cfg, len(rows["data.train"]), rows.get("data.eval", []), skipped, base)
+    if resume:
+        p.resume = checkpoints.resolve_resume(resume, base, cfg.name)
+        p.start = checkpoints.version_of(p.resume)
+        if p.resume.parent.name == "checkpoints":
+            checkpoints.remove_partial(p.resume.parent.parent)
+        if p.start >= cfg.learner.steps:
+            raise ConfigError(f"--resume: the checkpoint {p.resume} is at step {p.start} and learner.steps = "
+                              f"{cfg.learner.steps}: nothing left to train (raise learner.steps)")
+    return p
 
 
-def connect_ray(cfg: RunConfig) -> str | None:
+def connect_ray(cfg: RunConfig, teardown: Teardown) -> bool:
     """Join the cluster of `ray job submit` / `ray start` when there is one; else start a private one.
+    Returns True for a private cluster.
 
     A private cluster keeps its files (and its address) in its own temp folder, so another `temper train`
-    on the same machine never joins it by accident and dies when this run stops it. Returns that folder
-    when this process started the cluster (and must stop it), else None."""
+    on the same machine never joins it by accident and dies when this run stops it; teardown removes it."""
     import ray
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
@@ -91,18 +137,24 @@ def connect_ray(cfg: RunConfig) -> str | None:
     quiet = {"log_to_driver": False, "logging_level": "WARNING"}
     if address:
         ray.init(address=address, **quiet)
-        return None
+        return False
     try:
         ray.init(address="auto", **quiet)  # a `ray start --head` cluster on this machine
-        return None
+        return False
     except ConnectionError:
-        temp_dir = tempfile.mkdtemp(prefix="temper-ray-", dir="/tmp")
+        from temper import resources
+
+        try:  # CPUs are known before the cluster starts: a run that can never fit is refused at once
+            resources.check_local(cfg)
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
+        teardown.private_ray = tempfile.mkdtemp(prefix="temper-ray-", dir="/tmp")
         # Ray >= 2.59 secures local clusters with a token and saves it to ~/.ray/auth_token, where a later
         # `ray start --head` would pick it up and `ray job submit` would then be refused. A per-run token in
         # the environment keeps this private cluster secured without leaving that file behind.
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=temp_dir, **quiet)
-        return temp_dir
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=teardown.private_ray, **quiet)
+        return True
 
 
 def ray_logs_dir() -> str | None:
@@ -113,192 +165,217 @@ def ray_logs_dir() -> str | None:
     return os.path.join(node.get_session_dir_path(), "logs") if node is not None else None
 
 
-def evaluate(workers: list[Any], rows: list[dict[str, Any]], step: int, without_tools: bool = False) -> dict[str, Any]:
-    """Greedy accuracy over `rows`, split across the workers; with tool-call and tool-error rates.
-    without_tools: the environment offers no tools (tool environments only)."""
-    import ray
-
-    parts = ray.get([w.evaluate.remote(rows[i :: len(workers)], without_tools) for i, w in enumerate(workers)])
-    return eval_record(step, [item for p in parts for item in p], without_tools)
+def evaluate(pool, rows: list[dict[str, Any]], step: int, version: int, without_tools: bool = False) -> dict[str, Any]:
+    """Greedy accuracy over `rows` with 95% intervals, and tool-call/tool-error rates for tool environments.
+    without_tools: the environment offering no tools (an ablation of tool environments)."""
+    return eval_record(step, pool.evaluate(rows, version, without_tools), without_tools)
 
 
-def _shm_root(run_name: str) -> str:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix=f"temper-{run_name}-", dir=base)
-
-
-def read_checkpoint(path: str, cfg: RunConfig) -> tuple[Path, int]:
-    """A checkpoint folder written by this driver -> (its absolute path, its version = step)."""
-    ckpt = Path(path).expanduser().resolve()
-    missing = [f for f in (CHECKPOINT_INFO, "buffer.json", "learner_state.pt", "config.json") if not (ckpt / f).is_file()]
-    if missing:
-        raise ConfigError(f"--resume: {ckpt} is not a temper checkpoint (missing {', '.join(missing)})")
-    version = json.loads((ckpt / CHECKPOINT_INFO).read_text())["version"]
-    if version >= cfg.learner.steps:
-        raise ConfigError(f"--resume: the checkpoint is at step {version} and learner.steps = {cfg.learner.steps}: "
-                          "nothing left to train (raise learner.steps)")
-    return ckpt, version
-
-
-def train(cfg: RunConfig, log=print, resume: str | None = None) -> dict[str, Any]:
+def train(cfg: RunConfig, log=print, resume: str | None = None, prepared: Prepared | None = None) -> dict[str, Any]:
     """Run a whole job; returns the summary that is also written to RUN_DIR/summary.json.
 
-    resume: a checkpoint folder (RUN_DIR/checkpoints/step-N) to continue from: the learner's weights,
-    optimizer and lr schedule, the engines' weights, the buffer's held groups; steps N+1..learner.steps."""
+    resume: a checkpoint folder, a run folder (its newest complete checkpoint) or "latest" (see
+    temper/checkpoints.py): the learner's weights, optimizer and lr schedule, the engines' weights, the
+    buffer's groups and every worker's data cursor; steps N+1..learner.steps. prepared: `prepare`'s result
+    when the caller already has it. Raises ConfigError before anything starts, RunStopped after."""
+    from temper import resources
+
+    p = prepared or prepare(cfg, log=log, resume=resume)
+    cfg = p.cfg
+    teardown = Teardown()
+    progress: dict[str, Any] = {"step": None}
+    try:
+        private = connect_ray(cfg, teardown)
+        try:
+            resources.check(cfg, private, log=log)
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
+        teardown.run_dir = run_dir = new_run_dir(p.runs_base, cfg.name)
+        (run_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
+        _, why = runs_base(cfg.logging.run_dir)
+        log(f"run directory: {run_dir}" + (f" ({why})" if why else ""))
+        summary = _run(p, run_dir, teardown, progress, log)
+        log(f"run directory: {run_dir}")
+        return summary
+    except ConfigError:
+        raise
+    except BaseException as e:  # every way a started run ends becomes one RunStopped
+        with signals_held():  # a second Ctrl-C must not replace this exception with another
+            stopped = _stopped(e, teardown.run_dir, p.resume, progress["step"])
+        raise stopped from e
+    finally:
+        teardown.run()
+
+
+def _stopped(e: BaseException, run_dir: Path | None, resumed_from: Path | None, step: int | None) -> RunStopped:
+    """The message for a run that ended early, with the newest checkpoint it can resume from."""
+    ckpt = (checkpoints.newest(run_dir) if run_dir else None) or resumed_from
+    if isinstance(e, KeyboardInterrupt):
+        return RunStopped("stopped by a signal (Ctrl-C or SIGTERM); engines, actors and /dev/shm cleaned up",
+                          run_dir, ckpt, interrupted=True, step=step)
+    reason = describe(e)
+    if not isinstance(e, (RunError, TimeoutError)) and run_dir is not None:
+        import ray.exceptions as rex
+
+        if not isinstance(e, rex.RayError):  # a bug in the driver: keep the traceback for the report
+            (run_dir / "error.log").write_text("".join(traceback.format_exception(e)))
+            reason += f" (traceback in {run_dir / 'error.log'})"
+    return RunStopped(reason, run_dir, ckpt, step=step)
+
+
+def _run(p: Prepared, run_dir: Path, teardown: Teardown, progress: dict[str, Any], log) -> dict[str, Any]:
+    """Actors up, the first eval, the loop, the last eval and the summary."""
     import ray
 
-    from temper.actors import RayEngines, make_buffer, make_learner, make_workers
+    from temper.actors import make_buffer, make_learner
+    from temper.rollout.dispatch import PromptDispatch
+    from temper.supervisor import WorkerPool
 
-    cfg = prepare(cfg, log=log)
-    ckpt, start = read_checkpoint(resume, cfg) if resume else (None, 0)
-    start_weights = str(ckpt) if ckpt else None  # the learner's and the engines' (None: model.path)
-    run_dir = Path(cfg.logging.run_dir).expanduser() / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
-    log(f"run directory: {run_dir.resolve()}")
-    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    weights_root = _shm_root(cfg.name)
-    private_ray = connect_ray(cfg)
-    workers: list[Any] = []
-    learner = buffer = None
-    try:
-        rollouts = str((run_dir / "rollouts.jsonl").resolve()) if cfg.logging.save_rollouts else None
-        buffer = make_buffer(cfg, rollouts)
-        workers = make_workers(cfg, buffer)
-        learner = make_learner(cfg, weights_root, start_weights)
+    cfg, start = p.cfg, p.start
+    start_weights = str(p.resume) if p.resume else None  # the learner's and the engines' (None: model.path)
+    remove_dead_weights_folders()
+    teardown.weights_root = weights_folder(cfg.name)
+    rollouts = str(run_dir / "rollouts.jsonl") if cfg.logging.save_rollouts else None
+    dispatch = PromptDispatch(PromptDispatch.shard_sizes(p.train_rows, cfg.rollout.num_workers), cfg.seed,
+                              cfg.data.shuffle)
+    teardown.buffer = buffer = make_buffer(cfg, rollouts, dispatch)
+    teardown.learner = learner = make_learner(cfg, teardown.weights_root, start_weights)
+    pool = WorkerPool(cfg, buffer, learner, start_weights, start, teardown, log)
+    t0 = time.time()
+    if p.resume:
+        try:
+            ray.get(buffer.load_state_dict.remote(json.loads((p.resume / "buffer.json").read_text())))
+        except ray.exceptions.RayTaskError as e:
+            raise RunError(f"--resume {p.resume}: {e.cause}") from None
+        log(f"resuming from {p.resume} (step {start})")
+    log("starting the learner and rollout worker(s) (vLLM engines)")
+    pool.start()
+    log(f"{len(pool.workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s"
+        f" (weight sync: {cfg.weight_sync.backend})")
+    where = f" (copied to {run_dir / 'ray-logs'} at the end)" if teardown.private_ray else ""
+    log(f"engine and worker logs: {ray_logs_dir()}{where}")
+
+    evals: list[dict[str, Any]] = []
+    if p.eval_rows:
         t0 = time.time()
-        if ckpt:
-            ray.get(buffer.load_state_dict.remote(json.loads((ckpt / "buffer.json").read_text())))
-            log(f"resuming from {ckpt} (step {start})")
-        ray.get([w.start.remote(start_weights, start) for w in workers] + [learner.prepare_sync.remote()])
-        ray.get(learner.connect_engines.remote(RayEngines(workers), len(workers)))
-        log(f"{len(workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s"
-            f" (weight sync: {cfg.weight_sync.backend})")
-        where = f" (copied to {run_dir / 'ray-logs'} at the end)" if private_ray else ""
-        log(f"engine and worker logs: {ray_logs_dir()}{where}")
-
-        eval_rows = load_rows(cfg.data.eval) if cfg.data.eval else []
-        evals: list[dict[str, Any]] = []
-        if eval_rows:
-            t0 = time.time()
-            evals.append(evaluate(workers, eval_rows, start))
-            log(f"held-out accuracy {_at(start)}: {describe_eval(evals[0])}  [{time.time() - t0:.1f}s]")
-            if cfg.eval.without_tools:
-                evals.append(evaluate(workers, eval_rows, start, without_tools=True))
-                log(f"held-out accuracy {_at(start)}, no tools: {describe_eval(evals[-1])}")
-
-        summary = _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log, start)
-        log(f"run directory: {run_dir.resolve()}")
-        return summary
-    finally:
-        _shutdown(workers, learner, buffer, private_ray, weights_root, shm_before, run_dir)
+        log(f"held-out eval {_at(start)} on {len(p.eval_rows)} rows")
+        evals.append(evaluate(pool, p.eval_rows, start, start))
+        log(f"held-out accuracy {_at(start)}: {describe_eval(evals[0])}  [{time.time() - t0:.1f}s]")
+        if cfg.eval.without_tools:
+            evals.append(evaluate(pool, p.eval_rows, start, start, without_tools=True))
+            log(f"held-out accuracy {_at(start)}, no tools: {describe_eval(evals[-1])}")
+    progress["step"] = start
+    steps = _loop(cfg, run_dir, buffer, learner, pool, p.eval_rows, evals, log, start, progress)
+    return _finish(cfg, p, run_dir, learner, buffer, pool, evals, steps, log)
 
 
 def _at(step: int) -> str:
     return "before RL" if step == 0 else f"at step {step} (resumed)"
 
 
-def _loop(cfg, run_dir, buffer, workers, learner, eval_rows, evals, log, start: int) -> dict[str, Any]:
+def _loop(cfg, run_dir, buffer, learner, pool, eval_rows, evals, log, start: int, progress) -> list[dict[str, Any]]:
     import ray
     from tqdm import tqdm
 
-    run_refs = {w.run.remote(): i for i, w in enumerate(workers)}
-    metrics_file = (run_dir / "metrics.jsonl").open("w")
     steps: list[dict[str, Any]] = []
     version = start
-    start_tokens = sum(s["generated_tokens"] for s in ray.get([w.stats.remote() for w in workers]))
     run_start = time.time()
     bar = tqdm(total=cfg.learner.steps, initial=start, desc="RL steps", disable=not cfg.logging.progress_bar,
                dynamic_ncols=True)
+    pool.run()
     try:
-        for step in range(start + 1, cfg.learner.steps + 1):
-            t_step = time.time()
-            batch = buffer.get_batch.remote(cfg.learner.batch_groups, version, cfg.buffer.batch_timeout_s)
-            train_ref = learner.train_step.remote(batch)
-            done, _ = ray.wait([train_ref, *run_refs], num_returns=1)
-            if done[0] in run_refs:  # a worker loop ended before the learner: that is a crash
-                try:
-                    ray.get(done[0])
-                except ray.exceptions.RayTaskError as e:
-                    raise RunError(str(e.cause)) from None
-                raise RunError(f"rollout worker {run_refs[done[0]]} stopped unexpectedly")
-            try:
-                m = ray.get(train_ref)
-            except ray.exceptions.RayTaskError as e:
-                if isinstance(e.cause, TimeoutError):  # the buffer explains what it dropped and why
-                    raise RunError(str(e.cause)) from None
-                raise
-            t_sync = time.time()
-            version = m["version"]
-            ray.get(learner.sync_weights.remote(version))
-            ray.get(buffer.set_version.remote(version))
-            sync_seconds = time.time() - t_sync
-            stats = ray.get([w.stats.remote() for w in workers])
-            tokens = sum(s["generated_tokens"] for s in stats)
-            now = time.time()
-            m.update(ray.get(buffer.batch_stats.remote()))
-            m.update(
-                {
-                    "step": step,
-                    "step_seconds": now - t_step,
-                    "weight_sync_seconds": sync_seconds,
-                    # since RL started: per-step deltas read 0 whenever the throttle held the workers
-                    "rollout/tokens_per_s": (tokens - start_tokens) / max(now - run_start, 1e-9),
-                    "rollout/failed_groups": sum(s["failed_groups"] for s in stats),
-                    "elapsed_seconds": now - run_start,
-                }
-            )
-            if eval_rows and cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.learner.steps:
-                rows = eval_rows[: cfg.eval.limit] if cfg.eval.limit else eval_rows
-                evals.append(evaluate(workers, rows, step))
-                m["eval/accuracy"] = evals[-1]["accuracy"]
-            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
-                _checkpoint(learner, buffer, run_dir / "checkpoints" / f"step-{step}")
-            metrics_file.write(json.dumps(m) + "\n")
-            metrics_file.flush()
-            steps.append(m)
-            bar.update(1)
-            bar.set_postfix(
-                reward=f"{m['reward/mean']:.2f}",
-                acc=f"{m['reward/accuracy']:.2f}",
-                stale=f"{m['buffer/staleness_mean']:.2f}",
-                tok_s=f"{m['rollout/tokens_per_s']:.0f}",
-                mismatch=f"{m['learner/logp_mismatch']:.1e}",
-            )
+        with (run_dir / "metrics.jsonl").open("w") as metrics_file:
+            for step in range(start + 1, cfg.learner.steps + 1):
+                t_step = time.time()
+                pool.step = step
+                batch = buffer.get_batch.remote(cfg.learner.batch_groups, version, cfg.buffer.batch_timeout_s)
+                pool.wait(batch, version, learner_idle=True)  # a replaced worker rejoins only here
+                m = pool.get(learner.train_step.remote(batch), version, learner_idle=False)
+                t_sync = time.time()
+                version = m["version"]
+                pool.wait(learner.sync_weights.remote(version), version, learner_idle=False)
+                ray.get(buffer.set_version.remote(version))
+                m.update(_step_metrics(buffer, pool, step, t_step, t_sync, run_start))
+                if eval_rows and cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.learner.steps:
+                    rows = eval_rows[: cfg.eval.limit] if cfg.eval.limit else eval_rows
+                    evals.append(evaluate(pool, rows, step, version))
+                    m["eval/accuracy"] = evals[-1]["accuracy"]
+                if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+                    _checkpoint(cfg, learner, buffer, run_dir, step)
+                metrics_file.write(json.dumps(m) + "\n")
+                metrics_file.flush()
+                steps.append(m)
+                progress["step"] = step
+                bar.update(1)
+                bar.set_postfix(
+                    reward=f"{m['reward/mean']:.2f}",
+                    acc=f"{m['reward/accuracy']:.2f}",
+                    stale=f"{m['buffer/staleness_mean']:.2f}",
+                    tok_s=f"{m['rollout/tokens_per_s']:.0f}",
+                    restarts=len(pool.restarts),
+                )
     finally:
         bar.close()
-        metrics_file.close()
-        ray.get([w.stop.remote() for w in workers])
-        ray.get(buffer.close.remote())
-        ray.get(list(run_refs), timeout=120)
-    return _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, time.time() - run_start, log)
+    pool.stop()
+    return steps
 
 
-def _checkpoint(learner, buffer, out: Path) -> None:
-    """Learner (HF weights + optimizer + schedule), buffer, and the version; `temper train --resume out`."""
+def _step_metrics(buffer, pool, step: int, t_step: float, t_sync: float, run_start: float) -> dict[str, Any]:
     import ray
 
-    out.mkdir(parents=True, exist_ok=True)
-    ray.get(learner.save_checkpoint.remote(str(out)))
-    state = ray.get(buffer.state_dict.remote())
-    (out / "buffer.json").write_text(json.dumps(state))
-    (out / CHECKPOINT_INFO).write_text(json.dumps({"version": state["learner_version"]}))
+    stats = ray.get(buffer.stats.remote())
+    now = time.time()
+    return {
+        **ray.get(buffer.batch_stats.remote()),
+        "step": step,
+        "step_seconds": now - t_step,
+        "weight_sync_seconds": now - t_sync,
+        # since RL started: per-step deltas read 0 whenever the throttle held the workers
+        "rollout/tokens_per_s": stats["generated_tokens"] / max(now - run_start, 1e-9),
+        "rollout/failed_groups": stats["failed_groups"],
+        "rollout/restarts": len(pool.restarts),
+        "rollout/lost_groups": pool.lost_groups,
+        "elapsed_seconds": now - run_start,
+    }
 
 
-def _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, rl_seconds, log) -> dict[str, Any]:
+def _checkpoint(cfg: RunConfig, learner, buffer, run_dir: Path, step: int) -> Path:
+    """Learner (HF weights + optimizer + schedule), buffer (held groups, data cursors, groups in flight) and
+    the version, published atomically (temper/checkpoints.py); `temper train --resume RUN_DIR`."""
     import ray
 
+    def fill(folder: Path) -> dict[str, Any]:
+        ray.get(learner.save_checkpoint.remote(str(folder)))
+        state = ray.get(buffer.state_dict.remote())
+        (folder / "buffer.json").write_text(json.dumps(state))
+        return {"version": state["learner_version"]}
+
+    def crash_here(_: Path) -> None:
+        if os.environ.get(CRASH_ENV) == f"checkpoint:{step}":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return checkpoints.write(run_dir / "checkpoints", step, fill, cfg.checkpoint.keep_last, before_rename=crash_here)
+
+
+def _finish(cfg, p: Prepared, run_dir, learner, buffer, pool, evals, steps, log) -> dict[str, Any]:
+    import ray
+
+    rl_seconds = steps[-1]["elapsed_seconds"] if steps else 0.0
     summary: dict[str, Any] = {"steps": len(steps), "rl_seconds": round(rl_seconds, 1), "run_dir": str(run_dir)}
-    if eval_rows:
+    if p.eval_rows:
         before = evals[0]
-        after = evaluate(workers, eval_rows, before["step"] + len(steps))
+        log(f"held-out eval after RL on {len(p.eval_rows)} rows")
+        step = before["step"] + len(steps)
+        after = evaluate(pool, p.eval_rows, step, step)
         evals.append(after)
         summary.update({"heldout_before": before, "heldout_after": after, "lift": after["accuracy"] - before["accuracy"]})
         log(f"held-out accuracy {_at(before['step'])}: {describe_eval(before)}")
         log(f"held-out accuracy after  RL: {describe_eval(after)}")
         if cfg.eval.without_tools:
             no_tools = [e for e in evals if e.get("without_tools")]
-            no_tools.append(evaluate(workers, eval_rows, after["step"], without_tools=True))
+            no_tools.append(evaluate(pool, p.eval_rows, step, step, without_tools=True))
             evals.append(no_tools[-1])
             summary.update({"heldout_before_without_tools": no_tools[0], "heldout_after_without_tools": no_tools[-1]})
             log(f"held-out accuracy after  RL, no tools: {describe_eval(no_tools[-1])}")
@@ -309,39 +386,16 @@ def _finish(cfg, run_dir, learner, buffer, workers, eval_rows, evals, steps, rl_
         summary["plot"] = plot_run(steps, evals, run_dir / "progress.png")
         log(f"plot: {summary['plot']}")
     summary["buffer"] = ray.get(buffer.stats.remote())
+    summary["restarts"] = [{k: v for k, v in r.items() if k != "died_at"} for r in pool.restarts]
+    summary["lost_groups"] = pool.lost_groups
+    summary["skipped_lines"] = p.skipped
+    if pool.restarts:
+        secs = [r["seconds"] for r in pool.restarts if r["seconds"] is not None]
+        log(f"rollout worker restarts: {len(pool.restarts)} ({', '.join(f'{s:.1f}s' for s in secs)}); "
+            f"{pool.lost_groups} in-flight group(s) generated again")
     if cfg.checkpoint.save_final:
+        log(f"saving the final model to {run_dir / 'final_model'}")
         summary["final_model"] = ray.get(learner.save_hf.remote(str(run_dir / "final_model")))
     (run_dir / "evals.json").write_text(json.dumps(evals, indent=1))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def _shutdown(workers, learner, buffer, private_ray: str | None, weights_root: str, shm_before: set[str],
-              run_dir: Path) -> None:
-    """Stop engines explicitly (a killed vLLM actor leaks /dev/shm segments) and the learner's weight
-    transfer (NCCL groups), then every actor and Ray. learner/buffer are None when never created. A private
-    cluster's logs are copied into RUN_DIR/ray-logs before its folder is removed."""
-    import ray
-
-    with contextlib.suppress(Exception):
-        ray.get([w.shutdown.remote() for w in workers], timeout=60)
-    if learner is not None:
-        with contextlib.suppress(Exception):
-            ray.get(learner.cleanup.remote(), timeout=60)
-    for actor in [*workers, learner, buffer]:
-        if actor is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(actor)
-    shutil.rmtree(weights_root, ignore_errors=True)
-    with contextlib.suppress(Exception):
-        ray.shutdown()  # disconnects; also stops the cluster when this process started it
-    if private_ray:
-        logs = Path(private_ray) / "session_latest" / "logs"
-        with contextlib.suppress(OSError):
-            shutil.copytree(logs, run_dir / "ray-logs", ignore_dangling_symlinks=True, dirs_exist_ok=True)
-        shutil.rmtree(private_ray, ignore_errors=True)
-    if os.path.isdir("/dev/shm"):
-        for name in set(os.listdir("/dev/shm")) - shm_before:
-            if name.startswith("psm_"):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join("/dev/shm", name))

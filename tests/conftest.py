@@ -52,6 +52,39 @@ def tiny_job_overrides(demo: DemoConfig, run_dir: Path) -> list[str]:
     return [x for s in tiny_overrides(demo, run_dir) for x in ("--set", s)]
 
 
+SYNC_JOB_SETS = ("learner.steps=4", "buffer.max_staleness=0", "checkpoint.every_steps=2", "eval.every_steps=2",
+                 "eval.limit=8")
+"""A 4-step sync-mode job with checkpoints at 2 and 4: the short real job, and the uninterrupted run that
+exact resume is compared with (tests/test_faults.py runs it again with a crash and resumes)."""
+
+
+def sync_job_args(run_root: Path, demo: DemoConfig, *sets: str, extra=()) -> list[str]:
+    """`temper train configs/demo.toml` with SYNC_JOB_SETS (then `sets`), writing under run_root."""
+    return [str(VENV_BIN / "temper"), "train", "configs/demo.toml", *tiny_job_overrides(demo, run_root),
+            *[x for s in (*SYNC_JOB_SETS, *sets) for x in ("--set", s)], *extra]
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The environment for a job that starts its own cluster (no RAY_ADDRESS)."""
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **extra}
+
+
+def run_sync_job(run_root: Path, demo: DemoConfig, *sets: str, extra=()) -> subprocess.CompletedProcess:
+    return subprocess.run(sync_job_args(run_root, demo, *sets, extra=extra), cwd=REPO, capture_output=True,
+                          text=True, timeout=900, env=job_env(), check=False)
+
+
+@pytest.fixture(scope="session")
+def sync_job(tmp_path_factory, demo_assets):
+    """One uninterrupted SYNC_JOB_SETS run shared by the tests that read its outputs: (process, run dir,
+    /dev/shm names before it)."""
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    root = tmp_path_factory.mktemp("sync-job")
+    proc = run_sync_job(root, demo_assets["demo"])
+    runs = sorted(root.glob("demo-*"))
+    return proc, runs[-1] if runs else None, shm_before
+
+
 @pytest.fixture(scope="session")
 def shared_engine(demo_assets):
     """The one vLLM engine of the test session, on an event loop in a background thread.
@@ -132,7 +165,7 @@ def ray_cluster():
         check=True, capture_output=True, env=env, timeout=180,
     )
     try:
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env, "temp_dir": temp_dir}
     finally:
         subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120, check=False)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -23,7 +23,7 @@ RECIPES = sorted((REPO / "configs").rglob("*.toml"))
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_trains_two_real_steps(recipe, tmp_path, demo_assets, shared_engine):
-    cfg = prepare(load_config(recipe, tiny_overrides(demo_assets["demo"], tmp_path)), log=lambda *_: None)
+    cfg = prepare(load_config(recipe, tiny_overrides(demo_assets["demo"], tmp_path)), log=lambda *_: None).cfg
     engine = shared_engine
     engine.run(engine.load_weights(cfg.model.path, 0))  # start from the model the learner loads
     learner = Learner(cfg, str(tmp_path / "weights"))

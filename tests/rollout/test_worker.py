@@ -9,6 +9,7 @@ from temper.configs.schema import BufferConfig, RunConfig
 from temper.environments.single_turn import SingleTurnEnvironment
 from temper.rewards.pool import RewardScorer
 from temper.rollout.buffer import ReplayBuffer
+from temper.rollout.dispatch import PromptDispatch
 from temper.rollout.engine import Completion
 from temper.rollout.worker import RolloutWorker
 
@@ -32,6 +33,10 @@ class FakeEngine:
         return outs
 
 
+def one_shard(rows):
+    return PromptDispatch(PromptDispatch.shard_sizes(len(rows), 1), seed=0, shuffle=True)
+
+
 def make_worker(demo_assets, buffer, env_cls=SingleTurnEnvironment):
     from transformers import AutoTokenizer
 
@@ -51,8 +56,8 @@ def make_worker(demo_assets, buffer, env_cls=SingleTurnEnvironment):
 
 def test_loop_fills_the_buffer_with_scored_groups(demo_assets):
     async def main():
-        buffer = ReplayBuffer(BufferConfig(max_staleness=0), batch_groups=3)
-        worker, _ = make_worker(demo_assets, buffer)
+        worker, rows = make_worker(demo_assets, None)
+        worker.buffer = buffer = ReplayBuffer(BufferConfig(max_staleness=0), batch_groups=3, dispatch=one_shard(rows))
         run = asyncio.create_task(worker.run())
         batch = await buffer.get_batch(3, learner_version=3, timeout=60)
         await worker.stop()
@@ -89,8 +94,8 @@ class BrokenEnvironment(SingleTurnEnvironment):
 
 def test_a_worker_whose_groups_keep_failing_stops_loudly(demo_assets):
     async def main():
-        buffer = ReplayBuffer(BufferConfig(), batch_groups=64)
-        worker, _ = make_worker(demo_assets, buffer, BrokenEnvironment)
+        worker, rows = make_worker(demo_assets, None, BrokenEnvironment)
+        worker.buffer = ReplayBuffer(BufferConfig(), batch_groups=64, dispatch=one_shard(rows))
         try:
             await asyncio.wait_for(worker.run(), 60)
         finally:
@@ -98,3 +103,44 @@ def test_a_worker_whose_groups_keep_failing_stops_loudly(demo_assets):
 
     with pytest.raises(RuntimeError, match=r"groups failed, 0 succeeded; last error:[\s\S]*KeyError"):
         asyncio.run(main())
+
+
+class DyingEngine(FakeEngine):
+    """Answers the first `ok` requests, then dies as a vLLM engine does when its process is killed: every
+    request fails and `errored` turns true."""
+
+    def __init__(self, tokenizer, answers, ok):
+        super().__init__(tokenizer, answers)
+        self.ok = ok
+        self.errored = False
+
+    async def generate(self, prompt_ids, n, greedy=False, max_tokens=None):
+        if self.ok <= 0:
+            self.errored = True
+            raise RuntimeError("EngineDeadError: EngineCore encountered an issue")
+        self.ok -= 1
+        await asyncio.sleep(0.01)
+        return await super().generate(prompt_ids, n, greedy, max_tokens)
+
+
+def test_a_dead_engine_ends_the_loop_and_keeps_its_groups_in_flight_for_a_replacement(demo_assets):
+    from temper.rollout.worker import EngineDied
+
+    async def main():
+        worker, rows = make_worker(demo_assets, None)
+        worker.engine = DyingEngine(worker.engine.tokenizer, worker.engine.answers, ok=3)
+        worker.buffer = buffer = ReplayBuffer(BufferConfig(max_staleness=4), batch_groups=2, dispatch=one_shard(rows))
+        try:
+            with pytest.raises(EngineDied, match="the vLLM engine died: RuntimeError: EngineDeadError"):
+                await asyncio.wait_for(worker.run(), 60)
+        finally:
+            worker.scorer.close()
+        stats = buffer.stats()
+        lost = await buffer.requeue_worker(0)
+        return worker, stats, lost
+
+    worker, stats, lost = asyncio.run(main())
+    assert worker.failed_groups == 0  # a dead engine is not the groups' fault
+    assert 1 <= stats["added"] <= 3 and stats["failed_groups"] == 0
+    # every group it took and did not put (failed in the engine, or cancelled mid-scoring) is handed back
+    assert lost["lost"] == stats["started"] - stats["added"] > 0
