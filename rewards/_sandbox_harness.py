@@ -184,55 +184,48 @@ def _exec_main(source, namespace):
 
 
 def _exec_assert(job, holes, namespace):
-    try:
-        if job["setup"]:
-            exec(compile(job["setup"], "setup.py", "exec"), namespace)  # noqa: S102
-        exec(compile(job["solution"], "solution.py", "exec"), namespace)  # noqa: S102
-        out = []
-        for source, materialize in holes:
-            value = eval(compile(source, "test.py", "eval"), namespace)
-            out.append(encode(value, materialize))
-        text = json.dumps({"ok": out}, allow_nan=True)
-    except NotData as e:
-        text = json.dumps({"bad": str(e)})
-    except MemoryError:
-        return MEMORY_EXIT
-    except OSError as e:
-        return FILE_EXIT if e.errno == errno.EFBIG else _report(e)
-    except BaseException as e:  # noqa: BLE001  (untrusted code: every outcome is a verdict)
-        return _report(e)
-    _write_values(text)
-    return 0
+    def values():
+        try:
+            out = [encode(eval(compile(source, "test.py", "eval"), namespace), materialize)
+                   for source, materialize in holes]
+            return json.dumps({"ok": out}, allow_nan=True)
+        except NotData as e:
+            return json.dumps({"bad": str(e)})
+
+    return _exec_then(job, namespace, values)
 
 
 def _exec_call(job, request, namespace):
-    """One call of a check-style test: the program's own failures end the child (a status); what the
-    call does (a value, an exception) is written as data for the trusted checker."""
-    try:
-        if job["setup"]:
-            exec(compile(job["setup"], "setup.py", "exec"), namespace)  # noqa: S102
-        exec(compile(job["solution"], "solution.py", "exec"), namespace)  # noqa: S102
+    """One call of a check-style test: what the call does (a value, an exception) is written as data for
+    the trusted checker; the program's own failures and the limits end the child (a status)."""
+    def values():
         call = json.loads(request)
         args, kwargs = decode(call["args"]), decode(call["kwargs"])
         fn = namespace.get(job["entry_point"])
         if not callable(fn):
-            _write_values(json.dumps({"bad": f"the program defines no function {job['entry_point']!r}"}))
-            return 0
+            return json.dumps({"bad": f"the program defines no function {job['entry_point']!r}"})
         try:
             value = fn(*args, **kwargs)
-        except MemoryError:
-            return MEMORY_EXIT
-        except OSError as e:
-            if e.errno == errno.EFBIG:
-                return FILE_EXIT
-            text = json.dumps({"raised": [type(e).__name__, str(e)[:1000]]})
-        except BaseException as e:  # noqa: BLE001  (the call's outcome: sent back as a value)
-            text = json.dumps({"raised": [str(type(e).__name__), str(e)[:1000]]})
-        else:
-            try:
-                text = json.dumps({"ok": encode(value)}, allow_nan=True)
-            except NotData as e:
-                text = json.dumps({"bad": str(e)})
+        except BaseException as e:  # the call's outcome, sent back as a value
+            if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.EFBIG):
+                raise  # a limit: the exit code reports it
+            return json.dumps({"raised": [str(type(e).__name__), str(e)[:1000]]})
+        try:
+            return json.dumps({"ok": encode(value)}, allow_nan=True)
+        except NotData as e:
+            return json.dumps({"bad": str(e)})
+
+    return _exec_then(job, namespace, values)
+
+
+def _exec_then(job, namespace, values):
+    """Runs setup and solution in `namespace`, then writes `values()` (JSON text) to the values file;
+    returns the child's exit code. Untrusted code runs here: every outcome is a verdict."""
+    try:
+        if job["setup"]:
+            exec(compile(job["setup"], "setup.py", "exec"), namespace)  # noqa: S102
+        exec(compile(job["solution"], "solution.py", "exec"), namespace)  # noqa: S102
+        text = values()
     except MemoryError:
         return MEMORY_EXIT
     except OSError as e:
