@@ -20,7 +20,7 @@ import asyncio
 from abc import abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -37,6 +37,9 @@ class MultiTurnParams(Strict):
     """Tokens after the prompt at most, sampled and inserted (None: only the engine's context limits it)."""
     episode_timeout_s: float = Field(120.0, gt=0)
     """Wall-clock limit per episode, checked between turns; tool timeouts are capped by what is left."""
+    truncated_turns: Literal["end", "continue"] = "end"
+    """A turn cut off at sampling.max_tokens: end the episode (stop "length"), or hand the cut reply to
+    `step` like any other. A turn cut by the context or completion budget always ends it."""
 
 
 @dataclass
@@ -122,8 +125,12 @@ class MultiTurnEnvironment(Environment):
             reply = renderer.decode(ids)
             messages.append({"role": "assistant", "content": reply})
             if c.finish_reason == "length":  # cut off mid-turn: whatever it was doing is unfinished
-                stop = limit if limit and len(c.token_ids) >= budget else "length"
-                break
+                if limit and len(c.token_ids) >= budget:
+                    stop = limit
+                    break
+                if p.truncated_turns == "end":
+                    stop = "length"
+                    break
             left = deadline - loop.time()
             if left <= 0:
                 stop = "episode_timeout"

@@ -252,3 +252,16 @@ def test_episode_wall_clock_limit(demo_tokenizer):
     env = Leasing(Leasing.Params(episode_timeout_s=0.3), demo_tokenizer, "prompt", None)
     ep, _ = episode(env, ["hang"])
     assert ep.stop_reason == "episode_timeout" and ep.turns == 1 and Leasing.held == set()
+
+
+def test_a_turn_cut_at_sampling_max_tokens_ends_the_episode_unless_asked_to_continue(demo_tokenizer):
+    class Cut(Scripted):  # every reply cut at 5 tokens, as sampling.max_tokens = 5 would
+        async def __call__(self, prompt_ids, n, max_tokens=None):
+            return await super().__call__(prompt_ids, n, 5)
+
+    env = Leasing(Leasing.Params(max_turns=2), demo_tokenizer, "prompt", None)
+    ep = asyncio.run(env.run_episode(ROW, Cut(demo_tokenizer, ["a long first reply", "a long second reply"])))
+    assert (ep.stop_reason, ep.turns) == ("length", 1)
+    env = Leasing(Leasing.Params(max_turns=2, truncated_turns="continue"), demo_tokenizer, "prompt", None)
+    ep = asyncio.run(env.run_episode(ROW, Cut(demo_tokenizer, ["a long first reply", "a long second reply"])))
+    assert (ep.stop_reason, ep.turns) == ("max_turns", 2) and ep.messages[1]["content"] == "a lon"

@@ -47,7 +47,8 @@ def test_real_three_turn_episode_matches_the_learner_on_sampled_tokens(shared_en
 
     engine = shared_engine
     engine.run(engine.load_weights(demo_assets["model"], 0))
-    env = ThreeTurns(MultiTurnParams(), engine.tokenizer, "prompt", None, max_model_len=256)
+    # The untrained model rarely ends a turn by itself: its 8-token turns are cut, and go on to the next turn.
+    env = ThreeTurns(MultiTurnParams(truncated_turns="continue"), engine.tokenizer, "prompt", None, max_model_len=256)
     ep = run_episode(engine, env)
     assert ep.turns == 3 and ep.stop_reason == "stop" and ep.turn_rewards == (0.0, 0.0, 1.0)
     assert [s["role"] for s in ep.spans] == ["assistant", "env", "assistant", "env", "assistant"]
@@ -70,7 +71,7 @@ def test_real_three_turn_episode_matches_the_learner_on_sampled_tokens(shared_en
 def test_a_weight_update_between_turns_shows_in_the_token_versions(shared_engine, demo_assets):
     engine = shared_engine
     engine.run(engine.load_weights(demo_assets["model"], 0))
-    env = ThreeTurns(MultiTurnParams(), engine.tokenizer, "prompt", None, max_model_len=256)
+    env = ThreeTurns(MultiTurnParams(truncated_turns="continue"), engine.tokenizer, "prompt", None, max_model_len=256)
 
     async def update():  # the same weights, published as version 1 while the episode runs
         await engine.load_weights(demo_assets["model"], 1)
