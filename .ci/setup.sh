@@ -20,7 +20,8 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 [ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q uv
-uv=(.venv/bin/uv pip install --python .venv/bin/python)
+# Compiled bytecode: without it every Ray worker and scoring process recompiles sympy/pydantic on start.
+uv=(.venv/bin/uv pip install --python .venv/bin/python --compile-bytecode)
 
 if [ "$engine" = gpu ]; then
   "${uv[@]}" -e ".[gpu,dev]"

@@ -2,7 +2,11 @@
 
 Both sides score the same rows with the same CodeVerifier code path and the same harness (one process
 per row, one forked child per test), in parallel up to os.cpu_count(); the only difference is
-bubblewrap (namespaces, mounts, a dedicated uid) around it. Usage: python bench/bench_sandbox.py [ROWS]
+bubblewrap (namespaces, mounts, a dedicated uid) around it.
+
+Then, both sandboxed, the same problem written as a check-style label (HumanEval's `def check(candidate)`,
+judged by a trusted checker process outside the sandbox, one round trip per call) against the
+assert-list label: rows/s of each. Usage: python bench/bench_sandbox.py [ROWS]
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from temper.rewards.sandbox import Sandbox
 FIB = ("```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
        "    return a\n```")
 ASSERT_ROW = (FIB, {"tests": ["assert fib(10) == 55", "assert fib(20) == 6765", "assert fib(1) == 1"]})
+CHECK_ROW = (FIB, {"check": "def check(candidate):\n    assert candidate(10) == 55\n"
+                          "    assert candidate(20) == 6765\n    assert candidate(1) == 1\n", "entry_point": "fib"})
 STDIO_ROW = ("import sys\nnums = list(map(int, sys.stdin.read().split()))\nprint(sum(nums), max(nums))",
              {"io": [{"stdin": "1 2 3\n", "stdout": "6 3\n"}, {"stdin": "5 -1\n", "stdout": "4 5\n"},
                      {"stdin": "7\n", "stdout": "7 7\n"}]})
@@ -48,6 +54,16 @@ def main() -> None:
     print(f"plain subprocess:  {n / p_seconds:7.1f} programs/s  {p_tests:7.1f} test executions/s")
     print(f"cost of safety: sandboxed runs at {s_tests / p_tests:.2f}x the plain rate "
           f"({p_tests / s_tests:.2f}x slower)")
+
+    asserts = [VerifyRequest(response=ASSERT_ROW[0], label=ASSERT_ROW[1])] * (rows // 2)
+    checks = [VerifyRequest(response=CHECK_ROW[0], label=CHECK_ROW[1])] * (rows // 2)
+    a_seconds, _ = measure(sandboxed, asserts)
+    c_seconds, _ = measure(sandboxed, checks)
+    a_rows, c_rows = len(asserts) / a_seconds, len(checks) / c_seconds
+    print(f"{len(asserts)} rows x 3 calls of fib, both sandboxed")
+    print(f"assert-list labels: {a_rows:7.1f} rows/s")
+    print(f"check() labels:     {c_rows:7.1f} rows/s (trusted checker process + a round trip per call)")
+    print(f"check-style runs at {c_rows / a_rows:.2f}x the assert-list rate")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,8 @@ class RewardsConfig(Strict):
     """Verifiers and weights."""
     correct_term: str | None = None
     """Breakdown key whose score >= 1 counts as "correct" for accuracy (default: the first term)."""
+    turn_reward_weight: float = 1.0
+    """Weight of the environment's per-turn rewards (multi-turn environments may give them) in the total."""
     timeout_s: float = Field(10.0, gt=0)
     """Hard per-sample timeout; the scoring process is killed past it and the sample scores 0."""
     num_workers: int = Field(0, ge=0)
@@ -191,6 +193,8 @@ class EvalConfig(Strict):
     """Evaluate every this many steps during training (0 = only before and after)."""
     limit: int = Field(0, ge=0)
     """Evaluate on the first N held-out rows during training (0 = all); before/after always use all."""
+    without_tools: bool = False
+    """Tool environments: also evaluate before and after with the environment offering no tools."""
 
 
 class LoggingConfig(Strict):
@@ -255,6 +259,9 @@ class DemoConfig(Strict):
 
     enabled: bool = False
     """Build the demo assets and point model.path/data.* at them."""
+    task: Literal["addition", "calculator"] = "addition"
+    """addition: two-digit sums answered directly. calculator: a three-digit times a two-digit number, which
+    the tiny model cannot multiply itself but can with the calculator tool (the tool-use demo)."""
     cache_dir: str = "~/.cache/temper/demo"
     """Where the assets are cached; a second run reuses them."""
     seed: int = 0

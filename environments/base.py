@@ -8,8 +8,8 @@ output tokens into the completion with loss_mask 0, so the learner trains only o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
@@ -22,16 +22,28 @@ class CompletionLike(Protocol):
     logprobs: tuple[float, ...]
     text: str
     finish_reason: str
-    versions: tuple[int, int]
+    token_versions: tuple[int, ...]
+
+    @property
+    def versions(self) -> tuple[int, int]: ...
 
 
-# generate(prompt_token_ids, n) -> n completions of that prompt
-Generate = Callable[[list[int], int], Awaitable[list[CompletionLike]]]
+class Generate(Protocol):
+    """generate(prompt_token_ids, n, max_tokens=None) -> n completions of that prompt, ordered. max_tokens caps
+    this call below the run's sampling.max_tokens (never above it)."""
+
+    def __call__(
+        self, prompt_ids: list[int], n: int, max_tokens: int | None = None
+    ) -> Awaitable[list[CompletionLike]]: ...
 
 
 @dataclass(frozen=True)
 class Episode:
-    """What an environment hands back for one sample (see temper.rollout.types.Sample for the field meanings)."""
+    """What an environment hands back for one sample (see temper.rollout.types.Sample for the field meanings).
+
+    The first nine fields are all a single-turn episode needs; multi-turn episodes also fill in the trace
+    (messages, spans), the per-token versions, rewards the environment gave per turn, its info for the
+    verifiers, and counts of turns, tool calls and tool errors by kind."""
 
     prompt: str | list[dict[str, Any]]
     prompt_token_ids: tuple[int, ...]
@@ -40,8 +52,15 @@ class Episode:
     loss_mask: tuple[int, ...]
     response: str
     versions: tuple[int, int]
-    finish_reason: str
+    stop_reason: str
+    token_versions: tuple[int, ...]
     messages: list[dict[str, Any]] | None = None
+    spans: tuple[dict[str, Any], ...] = ()
+    turn_rewards: tuple[float, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+    turns: int = 1
+    tool_calls: int = 0
+    tool_errors: dict[str, int] = field(default_factory=dict)
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
@@ -55,11 +74,14 @@ class Environment(ABC):
 
     Params: ClassVar[type[BaseModel]] = NoParams
 
-    def __init__(self, params: BaseModel, tokenizer: Any, prompt_key: str, system_prompt: str | None) -> None:
+    def __init__(self, params: BaseModel, tokenizer: Any, prompt_key: str, system_prompt: str | None,
+                 max_model_len: int | None = None) -> None:
         self.params = params
         self.tokenizer = tokenizer
         self.prompt_key = prompt_key
         self.system_prompt = system_prompt
+        self.max_model_len = max_model_len
+        """The engine's context length (prompt + completion), when the environment runs against one."""
 
     def messages(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         """The row's prompt as chat messages (a plain string becomes one user message)."""

@@ -24,7 +24,8 @@ class SingleTurnEnvironment(Environment):
                 loss_mask=(1,) * len(c.token_ids),
                 response=c.text,
                 versions=c.versions,
-                finish_reason=c.finish_reason,
+                stop_reason=c.finish_reason,
+                token_versions=tuple(c.token_versions),
             )
             for c in completions
         ]

@@ -179,7 +179,7 @@ class Learner:
             "reward/errors": sum(s.error is not None for s in samples),
             "rollout/completion_tokens": trained,
             "rollout/completion_len_mean": sum(len(s.completion_token_ids) for s in samples) / len(samples),
-            "rollout/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples),
+            "rollout/truncated_frac": sum(s.stop_reason == "length" for s in samples) / len(samples),
             "version": self.version,
         }
 

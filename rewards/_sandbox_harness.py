@@ -12,12 +12,17 @@ with a wall-clock limit, SIGKILLs the child if needed, kills every other process
 A frame reports what happened (status, the program's stdout, or the values of the test's expressions);
 it never says whether a test passed: expected values are not in here, the trusted parent judges.
 
-Job (stdin, JSON): nonce, mode ("assert" | "stdio"), solution, setup, tests (assert: a list of
-[[expression_source, materialize_iterables], ...] per test; stdio: a list of stdin strings),
-time_limit (CPU s), wall_limit (s), memory_bytes, file_bytes, nproc (or null), nofile, workdir,
-isolated (true only under bubblewrap: enables the kill(-1) sweep).
+Job (the first line of stdin, JSON): nonce, mode ("assert" | "stdio" | "check"), solution, setup,
+tests (assert: a list of [[expression_source, materialize_iterables], ...] per test; stdio: a list of
+stdin strings; check: unused), entry_point (check), time_limit (CPU s), wall_limit (s), memory_bytes,
+file_bytes, nproc (or null), nofile, workdir, isolated (true only under bubblewrap: enables the kill(-1)
+sweep). In "check" mode the harness then reads one call per line of stdin until EOF, each
+{"args": ..., "kwargs": ...} in the plain-data encoding (rewards/_plain_data.py), and answers each with
+a frame: a fresh child runs setup and solution, then calls `entry_point(*args, **kwargs)` once.
 Frame (stdout, one JSON line): nonce, i, status ("ok" | "timeout" | "memory" | "output_limit" |
-"runtime_error"), and for "ok" either stdout_b64 (stdio) or values (assert: the child's JSON text).
+"runtime_error"), and for "ok" either stdout_b64 (stdio) or values (the child's JSON text: assert
+{"ok": [value, ...]} or {"bad": why}; check {"ok": value}, {"raised": [type name, message]} or {"bad": why}).
+A stdio "runtime_error" also carries stdout_b64 and stderr_tail (its last 400 characters).
 """
 
 import base64
@@ -32,12 +37,15 @@ import signal
 import sys
 import time
 
+from _plain_data import NotData, decode, encode  # defined first by rewards/sandbox.py: no temper in here
+
 MEMORY_EXIT = 3  # the child exits with this after a MemoryError; a label for a failure, nothing more
 FILE_EXIT = 4  # ... and with this after a write past the file-size limit (EFBIG)
 
 
 def main():
-    job = json.loads(sys.stdin.buffer.read())
+    requests = os.fdopen(os.dup(0), "rb")  # test children close it (closerange) before any untrusted code
+    job = json.loads(requests.readline())
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -46,7 +54,8 @@ def main():
         _limit(resource.RLIMIT_NPROC, job["nproc"])
     _limit(resource.RLIMIT_NOFILE, job["nofile"])
     _limit(resource.RLIMIT_CORE, 0)
-    for i, test in enumerate(job["tests"]):
+    tests = iter(requests.readline, b"") if job["mode"] == "check" else job["tests"]
+    for i, test in enumerate(tests):
         try:
             frame = _run_test(job, i, test)
         except Exception as e:  # noqa: BLE001  (e.g. a full tmpfs: a failed test, not a crash)
@@ -55,7 +64,8 @@ def main():
         frame["nonce"] = job["nonce"]
         frame["i"] = i
         _emit(frame)
-    _emit({"nonce": job["nonce"], "done": True})
+    if job["mode"] != "check":  # a check-style caller has stopped listening by now
+        _emit({"nonce": job["nonce"], "done": True})
 
 
 def _run_test(job, i, test):
@@ -67,7 +77,7 @@ def _run_test(job, i, test):
         in_fd = _scratch(job["workdir"], stdin_bytes, fds)
         out_fd = _scratch(job["workdir"], b"", fds)
         err_fd = _scratch(job["workdir"], b"", fds)
-        val_fd = _scratch(job["workdir"], b"", fds) if job["mode"] == "assert" else None
+        val_fd = _scratch(job["workdir"], b"", fds) if job["mode"] != "stdio" else None
         sys.stdout.flush()
         sys.stderr.flush()
         pid = _fork()
@@ -103,6 +113,9 @@ def _run_test(job, i, test):
     elif code != 0:
         frame["status"] = "runtime_error"
         frame["error"] = f"killed by signal {sig}" if sig else _last_line(err)
+        if job["mode"] == "stdio":  # what the program printed before it failed (the python tool shows it)
+            frame["stdout_b64"] = base64.b64encode(out).decode("ascii")
+            frame["stderr_tail"] = err
     elif job["mode"] == "stdio":
         frame["status"] = "ok"
         frame["stdout_b64"] = base64.b64encode(out).decode("ascii")
@@ -145,6 +158,8 @@ def _child(job, test, work, in_fd, out_fd, err_fd, val_fd):
         module = types.ModuleType("__main__")
         sys.modules["__main__"] = module
         code = _exec_main(job["solution"], module.__dict__)
+    elif job["mode"] == "check":
+        code = _exec_call(job, test, {"__name__": "__solution__", "__builtins__": builtins})
     else:
         code = _exec_assert(job, test, {"__name__": "__solution__", "__builtins__": builtins})
     try:
@@ -169,52 +184,62 @@ def _exec_main(source, namespace):
 
 
 def _exec_assert(job, holes, namespace):
+    def values():
+        try:
+            out = [encode(eval(compile(source, "test.py", "eval"), namespace), materialize)
+                   for source, materialize in holes]
+            return json.dumps({"ok": out}, allow_nan=True)
+        except NotData as e:
+            return json.dumps({"bad": str(e)})
+
+    return _exec_then(job, namespace, values)
+
+
+def _exec_call(job, request, namespace):
+    """One call of a check-style test: what the call does (a value, an exception) is written as data for
+    the trusted checker; the program's own failures and the limits end the child (a status)."""
+    def values():
+        call = json.loads(request)
+        args, kwargs = decode(call["args"]), decode(call["kwargs"])
+        fn = namespace.get(job["entry_point"])
+        if not callable(fn):
+            return json.dumps({"bad": f"the program defines no function {job['entry_point']!r}"})
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as e:  # the call's outcome, sent back as a value
+            if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.EFBIG):
+                raise  # a limit: the exit code reports it
+            return json.dumps({"raised": [str(type(e).__name__), str(e)[:1000]]})
+        try:
+            return json.dumps({"ok": encode(value)}, allow_nan=True)
+        except NotData as e:
+            return json.dumps({"bad": str(e)})
+
+    return _exec_then(job, namespace, values)
+
+
+def _exec_then(job, namespace, values):
+    """Runs setup and solution in `namespace`, then writes `values()` (JSON text) to the values file;
+    returns the child's exit code. Untrusted code runs here: every outcome is a verdict."""
     try:
         if job["setup"]:
             exec(compile(job["setup"], "setup.py", "exec"), namespace)  # noqa: S102
         exec(compile(job["solution"], "solution.py", "exec"), namespace)  # noqa: S102
-        out = []
-        for source, materialize in holes:
-            value = eval(compile(source, "test.py", "eval"), namespace)
-            out.append(_encode(value, materialize, 0))
-        text = json.dumps({"ok": out}, allow_nan=True)
-    except _NotData as e:
-        text = json.dumps({"bad": str(e)})
+        text = values()
     except MemoryError:
         return MEMORY_EXIT
     except OSError as e:
         return FILE_EXIT if e.errno == errno.EFBIG else _report(e)
     except BaseException as e:  # noqa: BLE001  (untrusted code: every outcome is a verdict)
         return _report(e)
-    data = text.encode("utf-8", "surrogatepass")
-    while data:
-        data = data[os.write(3, data):]
+    _write_values(text)
     return 0
 
 
-class _NotData(Exception):
-    pass
-
-
-def _encode(v, materialize, depth):
-    """Strict builtin data as tagged JSON; anything else (subclasses included) is refused."""
-    if depth > 60:
-        raise _NotData("value nested too deeply")
-    t = type(v)
-    if v is None or t is bool or t is int or t is float or t is str:
-        return v
-    if t is list or t is tuple or t is set or t is frozenset:
-        tag = {list: "L", tuple: "T", set: "S", frozenset: "F"}[t]
-        return {tag: [_encode(x, False, depth + 1) for x in v]}
-    if t is dict:
-        return {"D": [[_encode(k, False, depth + 1), _encode(x, False, depth + 1)] for k, x in v.items()]}
-    if t is bytes:
-        return {"B": v.hex()}
-    if t is complex:
-        return {"C": [v.real, v.imag]}
-    if materialize and hasattr(v, "__iter__"):
-        return {"L": [_encode(x, False, depth + 1) for x in v]}
-    raise _NotData(f"not plain builtin data: a value of type {t.__name__}")
+def _write_values(text):
+    data = text.encode("utf-8", "surrogatepass")
+    while data:
+        data = data[os.write(3, data):]
 
 
 def _report(e):
@@ -339,4 +364,5 @@ def _emit(frame):
         data = data[os.write(1, data):]
 
 
-main()
+if __name__ == "__main__":
+    main()

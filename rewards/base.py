@@ -26,6 +26,7 @@ class VerifyRequest:
     label: the row's ground truth, any JSON value (a number, a LaTeX string, a dict of tests...).
     metadata: the row's other fields (id, source, limits...), untouched.
     messages: the full message list of a multi-turn episode, else None.
+    info: what the environment reported about the episode (e.g. its tool results), else empty.
     """
 
     response: str
@@ -33,6 +34,7 @@ class VerifyRequest:
     prompt: str | list[dict[str, Any]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     messages: list[dict[str, Any]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,14 @@ class Verifier(ABC):
     @abstractmethod
     def verify(self, request: VerifyRequest) -> VerifyResult:
         """Judge one sample. Must not raise on any response text; may raise on its own bugs."""
+
+    @classmethod
+    def quick(cls, params: BaseModel, request: VerifyRequest) -> VerifyResult | None:
+        """A verdict reached from the text alone, or None when only `verify` can decide.
+
+        The scoring pool calls this in the calling process before it sends the sample to a worker, so
+        it runs outside the per-sample timeout: it must take time linear in the request, import nothing
+        heavy and never run untrusted code. `verify` must agree with it wherever it answers (the math
+        verifier calls it first). `params` is a validated instance of `Params`.
+        """
+        return None

@@ -43,20 +43,21 @@ def read_rows(path: str, required: tuple[str, ...]) -> list[tuple[int, dict[str,
     return rows
 
 
-_REQUEST_KEYS = {"prompt", "response", "label", "messages", "metadata"}
+_REQUEST_KEYS = {"prompt", "response", "label", "messages", "metadata", "info"}
 
 
 def to_request(row: dict[str, Any], response: str | None = None) -> VerifyRequest:
     metadata = row.get("metadata")
     if not isinstance(metadata, dict):
         metadata = {k: v for k, v in row.items() if k not in _REQUEST_KEYS}
-    messages = row.get("messages")
+    messages, info = row.get("messages"), row.get("info")
     return VerifyRequest(
         response=row["response"] if response is None else response,
         label=row.get("label"),
         prompt=row.get("prompt"),
         metadata=metadata,
         messages=messages if isinstance(messages, list) else None,
+        info=info if isinstance(info, dict) else {},
     )
 
 
@@ -91,7 +92,7 @@ def rewards_config(args: argparse.Namespace, n_rows: int) -> RewardsConfig:
 def score_all(cfg: RewardsConfig, requests: list[VerifyRequest]) -> list[VerifyResult]:
     from temper.rewards.pool import RewardScorer
 
-    with RewardScorer(cfg) as scorer:
+    with RewardScorer(cfg, start_workers=False) as scorer:  # rows a quick check decides need no worker
         return scorer.score(requests)
 
 
@@ -231,11 +232,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _numbers(value: Any) -> list[float]:
+    return [float(x) for x in value] if isinstance(value, list) and all(isinstance(x, int | float) for x in value) else []
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     numbered = read_rows(args.rollouts, ("response", "label"))
     rows = [row for _, row in numbered]
     cfg = rewards_config(args, len(rows))
+    from temper.rewards.rubric import add_turn_rewards
+
     results = score_all(cfg, [to_request(r) for r in rows]) if rows else []
+    # A multi-turn rollout's reward also holds the environment's turn rewards: add them back as the run did.
+    results = [add_turn_rewards(res, _numbers(row.get("turn_rewards")), cfg.turn_reward_weight)
+               for row, res in zip(rows, results, strict=True)]
     changes = []
     for (number, row), res in zip(numbered, results, strict=True):
         old = row.get("breakdown") if isinstance(row.get("breakdown"), dict) else {}

@@ -1,12 +1,20 @@
 """Code-execution verifier: runs the response's program against the row's tests in a real sandbox.
 
 What it scores. The response's last fenced python block (else its last fenced block, else the whole
-text) is run against the label's tests, in one of two formats:
+text) is run against the label's tests, in one of three formats:
   assert style (MBPP/HumanEval): {"tests": ["assert add(1, 2) == 3", ...], "setup": "optional code"}
   stdin/stdout style (APPS/LiveCodeBench): {"io": [{"stdin": "1 2\\n", "stdout": "3\\n"}, ...]}
-with optional per-row "time_limit" (CPU seconds per test) and "memory_limit" (MB) in the label or the
-row's metadata. Reward = fraction of tests passed (or all-or-nothing); the breakdown lists each test's
-verdict: pass, fail, timeout, memory, runtime_error, output_limit.
+  check style (HumanEval/EvalPlus `test` field): {"check": "def check(candidate):\\n    assert ...",
+      "entry_point": "add", "setup": "optional code"}
+with optional per-row "time_limit" (CPU seconds per test, per call for check style) and "memory_limit"
+(MB) in the label or the row's metadata. Reward = fraction of tests passed (or all-or-nothing); the
+breakdown lists each test's verdict: pass, fail, timeout, memory, runtime_error, output_limit. A check
+style label is one test (HumanEval scores a problem all or nothing); its breakdown adds "calls".
+Check style: "check" is trusted code defining `check(candidate)` (plus any helpers and imports, numpy
+included); "setup" runs before the solution in the sandbox and before the check code in the checker
+(for HumanEval, the prompt: problem 32's check calls the prompt's `poly`). The check must call
+`candidate` at least once, with plain data only (a label error otherwise); arguments are copies, so
+a check cannot see the candidate mutate them; `candidate` supports calls, nothing else (no attributes).
 
 Security model (see rewards/sandbox.py for the mechanics).
 - Isolation: every row runs in its own bubblewrap sandbox: new user/PID/network/mount/IPC/UTS/cgroup
@@ -23,9 +31,14 @@ Security model (see rewards/sandbox.py for the mechanics).
   the sub-expressions it cannot evaluate (the calls into the solution) into the sandbox, which returns
   their values as strict builtin data (exact int/float/complex/str/bytes/bool/None/list/tuple/set/
   frozenset/dict, no subclasses, so no `__eq__` override survives the trip); the parent then recomputes
-  the assert. For stdin/stdout tests the parent compares the program's output. Exit codes, prints,
-  SkipTest, patched test frameworks, frame walking and early exits therefore cannot pass a test: at
-  worst they choose the values a test sees, which is what writing the function does anyway.
+  the assert. For stdin/stdout tests the parent compares the program's output. For check-style tests
+  the check code runs in a trusted process of its own (rewards/_check_runner.py), never in the
+  sandbox: `candidate` there is a proxy whose every call runs once in a fresh sandbox child and comes
+  back as strict data, or as the name and message of an exception that the proxy raises as the
+  builtin of that name; a timeout, a crash, an exit or a value that is not data ends the test whatever
+  the check code does. Exit codes, prints, SkipTest, patched test frameworks, frame walking, custom
+  `__eq__` and early exits therefore cannot pass a test: at worst they choose the values a test sees,
+  which is what writing the function does anyway.
 - The result channel is the harness's stdout. The harness (PID 1 of the namespace, which the kernel
   protects from signals sent from inside) never runs untrusted code, is non-dumpable (no ptrace, no
   /proc/1/mem, no /proc/1/fd for the same uid without capabilities); test children get no descriptor
@@ -45,8 +58,10 @@ What is NOT isolated (residual risks):
 - Tests whose comparison itself runs in the sandbox (helpers from "setup", or expected values that are
   not literals, e.g. `assert f(x) == reference(x)`) can be forged by a solution that tampers with them:
   keep expected values literal (the common case) for unforgeable verdicts.
-- Top-level code of the solution runs again for every test; timing is wall-clock and CPU, so a loaded
-  machine can turn a borderline solution into a timeout.
+- Top-level code of the solution runs again for every test (every call, for check style); timing is
+  wall-clock and CPU, so a loaded machine can turn a borderline solution into a timeout.
+- The check code of check-style labels is trusted: it runs unsandboxed, as the scoring process's user,
+  with the venv's packages. Only plain data from the candidate ever reaches it.
 - Only the standard library is importable (no numpy): it is the interpreter's own stdlib, not the venv.
 - Host state made by trusted code: running as root with the interpreter under a 0700 home, a hard-link
   mirror of the Python install is created once in /var/cache/temper (root-owned, read-only inside).
@@ -62,6 +77,10 @@ import math
 import os
 import re
 import secrets
+import subprocess
+import sys
+import sysconfig
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -72,14 +91,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from temper.rewards._plain_data import NotData, decode
 from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
-from temper.rewards.sandbox import Sandbox, SandboxUnavailable
+from temper.rewards.sandbox import Sandbox, SandboxUnavailable, kill_group, standalone_source
 
 log = logging.getLogger(__name__)
 
 VERDICTS = ("pass", "fail", "timeout", "memory", "runtime_error", "output_limit")
 MAX_TIME_LIMIT_S = 60.0
 MAX_MEMORY_MB = 8192
+CHECKER_SOURCE = standalone_source("_check_runner.py")
+# The checker starts with -S (no site: ~60 ms less per row) and gets this interpreter's packages (numpy
+# for EvalPlus checks) on its path instead, without the .pth hooks it does not need.
+CHECKER_PATH = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
 
 
 class Params(BaseModel):
@@ -146,7 +170,7 @@ class CodeVerifier(Verifier):
         label = _parse_label(request.label)
         time_limit, memory_mb = self._limits(label, request.metadata)
         code = extract_code(request.response if isinstance(request.response, str) else "")
-        n = len(label["io"]) if "io" in label else len(label["tests"])
+        n = 1 if "check" in label else len(label["io"]) if "io" in label else len(label["tests"])
         if len(code) > self.params.max_code_chars:
             return _result([], n, self.params.all_or_nothing, "program longer than max_code_chars")
         wall = 2 * time_limit + 1
@@ -154,6 +178,8 @@ class CodeVerifier(Verifier):
         job: dict[str, Any] = {"nonce": secrets.token_hex(16), "solution": code, "time_limit": time_limit,
                                "wall_limit": wall, "memory_bytes": memory_mb << 20,
                                "file_bytes": file_bytes, "nofile": 64}
+        if "check" in label:
+            return self._verify_check(label, job)
         if "io" in label:
             job.update(mode="stdio", setup="", tests=[case["stdin"] for case in label["io"]])
         else:
@@ -180,6 +206,43 @@ class CodeVerifier(Verifier):
             verdicts.append(verdict if verdict in VERDICTS else "runtime_error")
             details.append(detail)
         return _result(verdicts, n, self.params.all_or_nothing, None, details)
+
+    def _verify_check(self, label: dict[str, Any], job: dict[str, Any]) -> VerifyResult:
+        """A check-style test: the label's check code runs in a trusted process of its own (see
+        rewards/_check_runner.py), talking to a sandbox that makes one call of the solution per request."""
+        job.update(mode="check", setup=label.get("setup", ""), tests=[], entry_point=label["entry_point"])
+        checker_job = {"nonce": job["nonce"], "setup": label.get("setup", ""), "check": label["check"],
+                       "path": CHECKER_PATH}
+        with self.sandbox.session(job) as box, tempfile.TemporaryDirectory(prefix="temper-check-") as tmp:
+            checker_job.update(request_fd=box.stdin.fileno(), frame_fd=box.stdout.fileno())
+            checker = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", "-c", CHECKER_SOURCE], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp, start_new_session=True,
+                pass_fds=(box.stdin.fileno(), box.stdout.fileno()))
+            box.stdin.close()  # the checker holds the sandbox's pipes now: when it ends, the harness sees EOF
+            box.stdout.close()
+            try:
+                out, err = checker.communicate((json.dumps(checker_job) + "\n").encode("utf-8", "surrogatepass"),
+                                               timeout=self.params.max_row_s)
+            except subprocess.TimeoutExpired:
+                out = None
+            finally:
+                if checker.poll() is None:
+                    kill_group(checker)
+                    checker.communicate()
+        if out is None:
+            return _result(["timeout"], 1, self.params.all_or_nothing, None,
+                           [f"the test took longer than max_row_s={self.params.max_row_s}"])
+        try:
+            verdict = json.loads(out.splitlines()[-1])
+        except (ValueError, IndexError):
+            tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+            return _result([], 1, self.params.all_or_nothing, f"the checker failed: {tail[0][:300]}")
+        if "label_error" in verdict:
+            return VerifyResult(0.0, {}, f"bad label: {verdict['label_error']}")
+        status = verdict["verdict"] if verdict.get("verdict") in VERDICTS else "runtime_error"
+        result = _result([status], 1, self.params.all_or_nothing, None, [str(verdict.get("detail", ""))])
+        return VerifyResult(result.score, {**result.breakdown, "calls": verdict.get("calls", 0)})
 
     def _limits(self, label: dict[str, Any], metadata: dict[str, Any]) -> tuple[float, int]:
         def pick(*names: str) -> Any:
@@ -245,8 +308,10 @@ def _parse_label(label: Any) -> dict[str, Any]:
             label = json.loads(label)
         except ValueError:
             raise _LabelError("a string label must be JSON") from None
-    if not isinstance(label, dict):
-        raise _LabelError('expected {"tests": [...]} or {"io": [...]}')
+    if not isinstance(label, dict) or sum(key in label for key in ("tests", "io", "check")) != 1:
+        raise _LabelError('expected one of {"tests": [...]}, {"io": [...]} or {"check": ..., "entry_point": ...}')
+    if "check" in label:
+        return _check_label(label)
     if "io" in label:
         io = label["io"]
         if not isinstance(io, list) or not io:
@@ -264,6 +329,21 @@ def _parse_label(label: Any) -> dict[str, Any]:
     if not isinstance(label.get("setup", ""), str):
         raise _LabelError('"setup" must be a string of code')
     return {**label, "tests": tests}
+
+
+def _check_label(label: dict[str, Any]) -> dict[str, Any]:
+    check, entry, setup = label.get("check"), label.get("entry_point"), label.get("setup", "")
+    if not isinstance(check, str) or not isinstance(setup, str):
+        raise _LabelError('"check" (and "setup") must be strings of code')
+    if not (isinstance(entry, str) and entry.isidentifier()):
+        raise _LabelError('"entry_point" must name the function under test')
+    try:
+        tree = ast.parse(check)
+    except SyntaxError as e:
+        raise _LabelError(f"check does not parse: {e.msg} (line {e.lineno})") from None
+    if not any(isinstance(node, ast.FunctionDef) and node.name == "check" for node in tree.body):
+        raise _LabelError('"check" must define check(candidate)')
+    return {**label, "setup": setup}
 
 
 def _same_output(got: str, expected: str, how: str) -> bool:
@@ -417,40 +497,14 @@ def _judge_values(plan: _Plan, text: Any) -> tuple[str, str]:
     if not (isinstance(doc, dict) and isinstance(doc.get("ok"), list) and len(doc["ok"]) == len(plan.holes)):
         return "fail", "the sandbox returned malformed values"
     try:
-        values = [_decode(v, 0) for v in doc["ok"]]
+        values = [decode(v) for v in doc["ok"]]
         ok = bool(_Evaluator(plan, values).eval(plan.expr))
-    except _NotData as e:
+    except NotData as e:
         return "fail", str(e)
     except (ArithmeticError, TypeError, ValueError, AttributeError, IndexError, KeyError, RecursionError,
             MemoryError) as e:
         return "fail", f"{type(e).__name__}: {str(e)[:150]}"
     return ("pass", "") if ok else ("fail", "")
-
-
-class _NotData(Exception):
-    pass
-
-
-_TAGS = {"L": list, "T": tuple, "S": set, "F": frozenset}
-
-
-def _decode(v: Any, depth: int) -> Any:
-    """Tagged JSON -> strict builtin data. Only exact builtin types can come out of here."""
-    if depth > 64:
-        raise _NotData("value nested too deeply")
-    if v is None or type(v) in (bool, int, float, str):
-        return v
-    if type(v) is dict and len(v) == 1:
-        (tag, body), = v.items()
-        if tag in _TAGS and type(body) is list:
-            return _TAGS[tag](_decode(x, depth + 1) for x in body)
-        if tag == "D" and type(body) is list and all(type(p) is list and len(p) == 2 for p in body):
-            return {_decode(k, depth + 1): _decode(x, depth + 1) for k, x in body}
-        if tag == "B" and type(body) is str:
-            return bytes.fromhex(body)
-        if tag == "C" and type(body) is list and len(body) == 2 and all(type(x) is float for x in body):
-            return complex(body[0], body[1])
-    raise _NotData("the sandbox returned a value that is not plain data")
 
 
 _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,

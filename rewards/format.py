@@ -4,7 +4,8 @@ Finding the final answer is a brace-matching job, not a regex one: boxes nest (`
 models re-box after rechecking ("... so \\boxed{3}. Wait, recheck: \\boxed{5}") and multi-part answers
 come as adjacent boxes in one expression (`x = \\boxed{1}, y = \\boxed{2}`). The rule here: the last run
 of adjacent boxes is the final answer; boxes in one run are the parts of one answer.
-This module imports nothing heavy so that `temper rewards list` stays instant.
+This module imports nothing heavy so that `temper rewards list` stays instant, and its scans are linear
+in the text (the scoring pool runs the math verifier's quick check on them outside any timeout).
 """
 
 from __future__ import annotations
@@ -16,58 +17,81 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
 
-_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{|\\boxed\s+(?=[^\s{])")
-# What may stand between two boxes of one multi-part answer: separators, "and", spacing commands,
-# a variable name and "=" (as in `x = \boxed{1}, y = \boxed{2}`), but no prose and no paragraph break.
+_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{|\\boxed\s+(?=[^\s{$])")  # `\boxed $x$` is no box
+_TOKEN = re.compile(r"[^\s$]+")
+_BRACE = re.compile(r"\\.|[{}]", re.DOTALL)  # an escape pair (`\{`, `\\`) is never a brace
+# What may stand between two boxes of one multi-part answer: separators, "and", "or", spacing commands, math
+# delimiters (`$`, `\(`, `\)`, `\[`, `\]`), a variable name and "=" (as in `x = \boxed{1}, y = \boxed{2}`),
+# but no prose and no paragraph break.
 _JOINER = re.compile(
-    r"[\s,;&~$]*(?:(?:and|\\text\{\s*and\s*\}|\\quad|\\qquad|\\,|\\;|\\\\)[\s,;&~$]*)*"
+    r"[\s,;&~$]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad|\\,|\\;|\\\\|\\[()\[\]])[\s,;&~$]*)*"
     r"(?:[A-Za-z](?:_\{?\w+\}?)?\s*=\s*)?"
 )
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """For each `{` that has a matching `}`: its position -> the position just past that `}`. One pass.
+
+    Escape pairs are skipped from the start of the text; a box's own scan would start just after its
+    `{`, which is never the second half of an escape pair, so both see the same braces from there on.
+    """
+    closing: dict[int, int] = {}
+    open_at: list[int] = []
+    for m in _BRACE.finditer(text):
+        c = m.group()
+        if c == "{":
+            open_at.append(m.start())
+        elif c == "}" and open_at:
+            closing[open_at.pop()] = m.end()
+    return closing
 
 
 def find_boxes(text: str) -> list[tuple[int, int, str]]:
     """All top-level `\\boxed{...}` / `\\fbox{...}` (and `\\boxed 5`) as (start, end, content), in order.
 
-    An unclosed box (a truncated completion) is not an answer and is skipped.
+    An unclosed box (a truncated completion) is not an answer and is skipped. Linear in the text: the
+    braces are matched once, not rescanned from every box (10^5 unclosed boxes would be quadratic).
     """
     boxes: list[tuple[int, int, str]] = []
+    closing: dict[int, int] | None = None
     pos = 0
     while m := _BOX_START.search(text, pos):
         if not m.group().endswith("{"):  # `\boxed 5`: the content is the next token
-            tok = re.match(r"[^\s$]+", text[m.end():])
+            tok = _TOKEN.match(text, m.end())
             assert tok is not None
-            boxes.append((m.start(), m.end() + tok.end(), tok.group()))
-            pos = m.end() + tok.end()
+            boxes.append((m.start(), tok.end(), tok.group()))
+            pos = tok.end()
             continue
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            c = text[i]
-            if c == "\\":
-                i += 2
-                continue
-            depth += c == "{"
-            depth -= c == "}"
-            i += 1
-        if depth:
+        if closing is None:
+            closing = _closing_braces(text)
+        end = closing.get(m.end() - 1)
+        if end is None:
             pos = m.end()
             continue
-        boxes.append((m.start(), i, text[m.end(): i - 1]))
-        pos = i
+        boxes.append((m.start(), end, text[m.end(): end - 1]))
+        pos = end
     return boxes
+
+
+def final_run(text: str) -> tuple[list[str], int, int] | None:
+    """The last run of adjacent boxes: (contents, start of its first box, end of its last), or None."""
+    boxes = find_boxes(text)
+    if not boxes:
+        return None
+    run = [boxes[-1]]  # built backwards from the last box
+    for prev in reversed(boxes[:-1]):
+        between = text[prev[1]: run[-1][0]]
+        if "\n\n" in between or not _JOINER.fullmatch(between):
+            break
+        run.append(prev)
+    run.reverse()
+    return [content.strip() for _, _, content in run], run[0][0], run[-1][1]
 
 
 def final_boxed(text: str) -> list[str] | None:
     """Contents of the last run of adjacent boxes (one answer, maybe multi-part), or None if no box."""
-    boxes = find_boxes(text)
-    if not boxes:
-        return None
-    run = [boxes[-1]]
-    for prev in reversed(boxes[:-1]):
-        between = text[prev[1]: run[0][0]]
-        if "\n\n" in between or not _JOINER.fullmatch(between):
-            break
-        run.insert(0, prev)
-    return [content.strip() for _, _, content in run]
+    run = final_run(text)
+    return None if run is None else run[0]
 
 
 class FormatParams(BaseModel):

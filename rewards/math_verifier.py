@@ -1,23 +1,59 @@
 """The math verifier: Math-Verify for parsing and matching, plus the checks it gets wrong.
 
 Math-Verify (HF) parses LaTeX answers into sympy and compares them many ways; we keep all of that and
-fix what a careful grader would not accept (each fix has a test in tests/rewards/test_math_table.py):
+decide by what a careful human grader would say. Every deliberate divergence from plain Math-Verify
+(`verify(parse(gold), parse(response))`) is listed here; each has cases, with near-misses that must
+still score 0, in the hand-decided table tests/rewards/test_math_table.py.
 
+Reading the label
 - Gold labels from MATH/GSM8K-style datasets are raw LaTeX or plain text with no `$`: Math-Verify then
   only sees "some number in the text" (`1 - \\frac{1}{e}` parses as 1). We parse the label as the body
   of a `\\boxed{}`, which goes through its LaTeX parser whole.
+- A label that lists solutions, one of them with `\\pm` (`x = 1, x = 2 \\pm \\sqrt{3}`), does not parse
+  whole (Math-Verify reads that one as 2). When the whole fails and every top-level comma-separated part
+  parses, the answer is the set of all the parts' solutions ({1, 2 + sqrt(3), 2 - sqrt(3)}); missing,
+  extra or wrong roots score 0. Responses get the same rule. `x = 2 \\pm \\sqrt{3}` (an equation with a
+  set on one side, which cannot be compared) is read as {x = 2 + sqrt(3), x = 2 - sqrt(3)}.
+- A label written as several boxed answers (`\\(\\boxed{3}\\) and \\(\\boxed{-1}\\).`) is one answer,
+  {3, -1}: math delimiters (`\\(`, `\\)`, `\\[`, `\\]`, like `$` already) and "or" (like "and") now join
+  adjacent boxes, in labels and responses alike (rewards/format.py). Prose between boxes still does not.
+- Unicode math in labels and answers (minus sign, times, less-or-equal, pi, square root, infinity...)
+  is rewritten as LaTeX first.
+
+Finding the answer in the response
+- Several boxes are merged into one set by Math-Verify, so a model that boxes a wrong answer and then
+  re-boxes the right one (or the reverse) is scored on both. We take the last run of adjacent boxes.
+- An explicit final-answer statement after the last box ("Final Answer: The final answer is $12,345$")
+  is the answer: the box before it was intermediate work. The statement must hold delimited math
+  (`$...$`, `$$...$$`, `\\(...\\)`, `\\[...\\]`) or a plain number; "the final answer is correct" is
+  no statement, and a box after the statement wins over it. With `require_boxed`, only boxes count.
+- A response that is nothing but a short text answer ("prime", "Monday.", "(C)": letters, spaces,
+  parentheses, hyphens, apostrophes, at most 60 characters, no digits) is that answer, read as
+  `\\text{...}`; Math-Verify finds no answer there. Text in prose still needs a box or a statement.
+
+Deciding equality
 - Its numeric comparison evaluates `gold - pred` to 15 digits and chops small results to zero, so exact
   values that differ by a tiny amount match (1/2^99 vs 1/2^98, 1/2004! vs 1/2006!). We re-check every
-  match: exactly when both sides are exact, with a relative tolerance only when one side is a decimal.
+  match: exactly when both sides are exact, with a relative tolerance only when one side is a decimal;
+  an infinity matches only the same infinity (`(0, +\\infty)` against itself used to fail on oo - oo).
 - An equation prediction against a plain gold value is reduced to its right-hand side, so any `... = 0`
   matches a gold 0; two equations with no real solutions match because both solution lists are empty.
   We accept an equation prediction for a value only as an assignment (`x = 5`), and two equations only
   when one is a nonzero constant multiple of the other.
-- Several boxes are merged into one set, so a model that boxes a wrong answer and then re-boxes the
-  right one (or the reverse) is scored on both. We take the last run of adjacent boxes (rewards/format.py).
+- A comma is never a decimal point: `2,5` is the list 2, 5 (as Math-Verify reads it too), so it does not
+  match 2.5, and neither does `2{,}5`. Accepting a decimal comma would make the same `\\boxed{2,5}` right
+  for gold 2.5 and for gold {2, 5}: a false positive in one of them, for a convention the English
+  datasets we train on do not use. A comma between groups of exactly three digits, when that is the
+  whole number (`1,000`, `1{,}234.5`), is a thousands separator.
+- Answers longer than `max_answer_chars` and brackets nested deeper than 8 are not parsed (score 0): the
+  LaTeX parser backtracks exponentially on them.
+
+Running it
 - Math-Verify times out with SIGALRM, which fails off the main thread and cannot interrupt C code. We
   disable it: the scoring pool (rewards/pool.py) kills the process instead. Numbers too big to evaluate
   (towers of powers, huge factorials) are detected before any evaluation and compared structurally.
+- `quick` decides an integer label against an integer answer stated explicitly without sympy, with
+  exactly the full path's verdict (a test checks); the pool runs it before sending a sample to a worker.
 """
 
 from __future__ import annotations
@@ -31,10 +67,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
-from temper.rewards.format import final_boxed
+from temper.rewards.format import final_boxed, final_run
 
-# sympy and Math-Verify take ~3 s to import: they load in MathVerifier.__init__ (once per scoring
-# process), so that `temper rewards list` and config validation, which only need MathParams, stay fast.
+# sympy and Math-Verify take ~1.5 s of CPU to import: they load in MathVerifier.__init__ (once per scoring
+# process), so that `temper rewards list`, config validation and `quick` (the scoring pool's caller)
+# stay fast.
 sympy: Any = None
 mv: Any = None
 
@@ -71,6 +108,17 @@ _UNICODE = {
     "\u2265": r"\ge ", "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u221a": r"\sqrt ", "\u00b0": r"^\circ ",
     "\u00b7": r"\cdot ", "\u00b1": r"\pm ", "\u2260": r"\ne ",
 }
+# "Final Answer: The final answer is $X$", "... my final answer is 12." The answer must be delimited math
+# or a plain number (never `2,5`: see the module docstring); bounded so the scan stays linear.
+_FINAL_STATEMENT = re.compile(
+    r"final\s+answer\s*(?:is|:)\s*:?\s*(?:the\s+final\s+answer\s+is\s*:?\s*)?"
+    r"(?:\$\$([^$]{1,1000})\$\$|\$([^$]{1,1000})\$|\\\((.{1,1000}?)\\\)|\\\[(.{1,1000}?)\\\]"
+    r"|([-+\u2212]?\d+(?:,\d{3})*(?:\.\d+)?)(?!\d|[.,]\d))",
+    re.IGNORECASE | re.DOTALL,
+)
+QUICK_MAX_CHARS = 100_000  # `quick` runs outside the timeout: at most ~0.1 s of linear scans on this much
+_BARE_TEXT = re.compile(r"[A-Za-z() '\-]{1,60}")
+_INTEGER = re.compile(r"[-+]?\d{1,300}")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:(?:,|\{,\}|\\,|\\!)\d{3})+(?:\.\d+)?")
 _DELIMITED = re.compile(r"^\s*(?:\$\$?(.*?)\$\$?|\\\((.*?)\\\)|\\\[(.*?)\\\])\s*$", re.DOTALL)
 
@@ -85,6 +133,38 @@ def normalize_answer(text: str) -> str:
     return text
 
 
+def _final_statement(response: str, after: int) -> str | None:
+    """The answer of the last "final answer is X" statement, if it starts at or after `after`."""
+    last = None
+    for last in _FINAL_STATEMENT.finditer(response):
+        pass
+    if last is None or last.start() < after:
+        return None
+    return next(g for g in last.groups() if g is not None)
+
+
+def _explicit_answer(response: str, require_boxed: bool) -> tuple[str, str] | None:
+    """(answer, source) as the response states it, found by scanning alone (no parsing library): a
+    final-answer statement after the last box, else the last run of boxes; None when there is neither."""
+    run = final_run(response)
+    if not require_boxed and (stated := _final_statement(response, run[2] if run else 0)) is not None:
+        return normalize_answer(stated), "final_answer"
+    if run is not None:
+        return ", ".join(normalize_answer(part) for part in run[0]), "boxed"
+    return None
+
+
+def _whole_text_answer(response: str) -> str | None:
+    """A response that is nothing but a short text answer ("prime", "Monday.", "(C)"), as `\\text{...}`."""
+    text = response.strip()
+    if m := _DELIMITED.match(text):
+        text = next(g for g in m.groups() if g is not None)
+    text = text.strip().rstrip(".").strip()
+    if _BARE_TEXT.fullmatch(text) and any(c.isalpha() for c in text):
+        return f"\\text{{{text}}}"
+    return None
+
+
 def _too_nested(text: str, limit: int = 8) -> bool:
     """Deeply nested brackets make the LaTeX parser backtrack exponentially (21 levels of `(`: 3 s)."""
     depth = deepest = 0
@@ -97,15 +177,59 @@ def _too_nested(text: str, limit: int = 8) -> bool:
     return deepest > limit or "{{{{" in text.replace(" ", "")
 
 
-def _parse_body(body: str) -> Any:
-    """Parse the body of one answer; a sympy object, else the string Math-Verify fell back to, else None."""
+def _parse_one(body: str) -> Any:
+    """Math-Verify's parse of one answer body: a sympy object, else the string it fell back to, else None."""
     if _too_nested(body):
         return None
     found = mv.parse(f"$\\boxed{{{body}}}$", [mv.LatexExtractionConfig()], parsing_timeout=None)
     for item in found:
         if not isinstance(item, str):
-            return item
+            return _solutions(item)
     return found[0] if found else None
+
+
+def _solutions(expr: Any) -> Any:
+    """`x = 2 \\pm \\sqrt{3}` parses as x = {2 - sqrt(3), 2 + sqrt(3)}: make it {x = 2 - sqrt(3), x = 2 + sqrt(3)},
+    the form `x = 1, x = 2` already has, so the two compare (an equation with a set side cannot)."""
+    if isinstance(expr, sympy.Eq) and isinstance(expr.rhs, sympy.FiniteSet) and isinstance(expr.lhs, sympy.Symbol):
+        return sympy.FiniteSet(*(sympy.Eq(expr.lhs, v, evaluate=False) for v in expr.rhs.args))
+    return expr
+
+
+def _top_level_parts(body: str) -> list[str]:
+    """`body` split at the commas that are outside every bracket and brace."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(body):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+    parts.append(body[start:])
+    return [p.strip() for p in parts]
+
+
+def _parse_body(body: str) -> Any:
+    """Parse the body of one answer; a sympy object, else the string Math-Verify fell back to, else None.
+
+    When the whole does not parse but each comma-separated part does (`x = 1, x = 2 \\pm \\sqrt{3}`: a list
+    of solutions, one with a `\\pm`), the answer is the set of the parts' solutions.
+    """
+    whole = _parse_one(body)
+    if whole is not None and not isinstance(whole, str):
+        return whole
+    parts = _top_level_parts(body)
+    if len(parts) < 2:
+        return whole
+    items: list[Any] = []
+    for part in parts:
+        parsed = _parse_one(part) if part else None
+        if parsed is None or isinstance(parsed, str | sympy.Interval | sympy.Tuple):  # no guessing at pairs
+            return whole
+        items.extend(parsed.args if isinstance(parsed, sympy.FiniteSet) else [parsed])
+    return sympy.FiniteSet(*items)
 
 
 def _label_body(label: Any) -> str:
@@ -164,6 +288,10 @@ def _has_float(expr: Any) -> bool:
     return isinstance(expr, sympy.Basic) and bool(expr.atoms(sympy.Float))
 
 
+def _has_infinity(expr: Any) -> bool:
+    return bool(expr.has(sympy.oo, sympy.S.NegativeInfinity, sympy.zoo))
+
+
 def _norm_str(text: str) -> str:
     text = re.sub(r"\\text\{([^}]*)\}|\\mathrm\{([^}]*)\}", lambda m: m.group(1) or m.group(2) or "", text)
     return re.sub(r"[\s$]", "", text).lower()
@@ -178,9 +306,35 @@ class MathVerifier(Verifier):
         super().__init__(params)
         _load_libraries()
 
+    @classmethod
+    def quick(cls, params: BaseModel, request: VerifyRequest) -> VerifyResult | None:
+        """An integer label against an integer answer stated explicitly (a box or a final-answer
+        statement), as most GSM8K-style rows are: the verdict is integer equality, exactly what the full
+        path concludes (tests/rewards/test_math_table.py checks that), with no sympy. Linear scans only."""
+        assert isinstance(params, MathParams)
+        label, response = request.label, request.response
+        if isinstance(label, bool) or not isinstance(label, int | str) or not isinstance(response, str):
+            return None
+        if len(response) > QUICK_MAX_CHARS or (isinstance(label, str) and len(label) > QUICK_MAX_CHARS):
+            return None  # bounded time: longer texts go to a worker, under the timeout
+        try:
+            gold = _label_body(label)
+        except ValueError:
+            return None  # a bad label: the full path reports it
+        found = _explicit_answer(response, params.require_boxed)
+        if found is None:
+            return None
+        answer, source = found
+        limit = params.max_answer_chars
+        if not (_INTEGER.fullmatch(gold) and _INTEGER.fullmatch(answer)) or max(len(gold), len(answer)) > limit:
+            return None
+        ok = int(answer) == int(gold)
+        return VerifyResult(float(ok), {"answer": answer[:200], "source": source,
+                                        "verdict": "correct" if ok else "wrong"})
+
     def verify(self, request: VerifyRequest) -> VerifyResult:
         start = time.perf_counter()
-        result = self._verify(request)
+        result = self.quick(self.params, request) or self._verify(request)
         return VerifyResult(result.score, result.breakdown, result.error, time.perf_counter() - start)
 
     def _verify(self, request: VerifyRequest) -> VerifyResult:
@@ -208,9 +362,10 @@ class MathVerifier(Verifier):
         return VerifyResult(float(ok), {**breakdown, "verdict": "correct" if ok else "wrong"})
 
     def _extract(self, response: str) -> tuple[str | None, str]:
-        """(answer text, how it was found): the last run of boxes, else Math-Verify's extraction."""
-        if parts := final_boxed(response):
-            return ", ".join(normalize_answer(part) for part in parts), "boxed"
+        """(answer text, how it was found): a final-answer statement after the last box, else the last run
+        of boxes, else Math-Verify's extraction, else the whole response when it is a short text answer."""
+        if found := _explicit_answer(response, self.params.require_boxed):
+            return found
         if self.params.require_boxed or not response.strip():
             return None, "none"
         configs: list[Any] = [mv.LatexExtractionConfig()]
@@ -219,7 +374,8 @@ class MathVerifier(Verifier):
         tail = response[-4 * self.params.max_answer_chars:]
         found = mv.parse(tail, configs, parsing_timeout=None, fallback_mode="no_fallback")
         if not found:
-            return None, "none"
+            whole = _whole_text_answer(response)
+            return (whole, "whole") if whole is not None else (None, "none")
         item = found[0]
         text = sympy.latex(item) if isinstance(item, sympy.Basic | sympy.MatrixBase) else str(item)
         return normalize_answer(text), "text"
@@ -307,6 +463,8 @@ class MathVerifier(Verifier):
                 other = pred if side is gold else gold
                 return self._scalar_ok(bare, other) or self._scalar_ok(side.doit(), other)
         gold, pred = gold.doit(), pred.doit()
+        if _has_infinity(gold) or _has_infinity(pred):
+            return gold == pred  # oo - oo is nan: only the same infinity (or the same expression) matches
         if gold.free_symbols or pred.free_symbols:
             diff = sympy.simplify(gold - pred)
             return bool(diff == 0 or diff.is_zero)

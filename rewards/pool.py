@@ -7,23 +7,31 @@ holds the rubric's verifiers; the parent sends it one (term, request) at a time 
 `timeout_s`. Past that the worker is SIGKILLed and respawned, and the sample scores 0 with the reason.
 Verifiers with `isolation == "inline"` (they sandbox and time out their own work) run in threads here.
 Workers exit on close(), when the parent's pipe closes, and — watched by a thread — when the parent dies.
+
+Before a sample goes to a worker, the verifier's `quick` check (base.py) runs here, in the calling thread:
+a verdict it reaches from the text alone, in linear time, needs no killable process and no heavy import.
+For the math verifier that is an integer label against an integer answer (most GSM8K-style rows), so
+`temper rewards score` on such a row answers without a worker (it starts workers on first need), and
+close() kills a worker that never became ready instead of waiting for its imports to finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import multiprocessing as mp
 import os
 import queue
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Self
 
 from temper.configs.schema import RewardsConfig
-from temper.rewards.base import VerifyRequest, VerifyResult
-from temper.rewards.registry import build_verifier, resolve_verifier
+from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
+from temper.rewards.registry import build_verifier, params_model, resolve_verifier
 from temper.rewards.rubric import combine, correct_term_name, run_verifier, term_name, validate_rewards_config
 
 STARTUP_TIMEOUT_S = 120.0  # importing sympy & co. in a fresh process; not part of any sample's budget
@@ -62,6 +70,29 @@ def _worker_main(conn: Any, cfg_json: str, indices: list[int], parent_pid: int) 
             conn.send(VerifyResult(0.0, {}, f"result not serialisable: {type(e).__name__}: {e}", result.seconds))
 
 
+def _quick_check(name: str, params: dict[str, Any]) -> Callable[[VerifyRequest], VerifyResult | None] | None:
+    """`request -> VerifyResult | None` running the verifier's own `quick`, or None when it has none."""
+    cls = resolve_verifier(name)
+    if not isinstance(cls, type):
+        return None
+    hook = inspect.getattr_static(cls, "quick", None)
+    if not isinstance(hook, classmethod) or hook is inspect.getattr_static(Verifier, "quick"):
+        return None  # the base's (no quick verdicts), or a plugin's own unrelated `quick`
+    validated = params_model(cls).model_validate(params)
+
+    def check(request: VerifyRequest) -> VerifyResult | None:
+        start = time.perf_counter()
+        try:
+            result = cls.quick(validated, request)
+        except Exception as e:  # noqa: BLE001 -- the same zero-with-the-reason a worker would report
+            return VerifyResult(0.0, {}, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+        if result is None:
+            return None
+        return VerifyResult(result.score, result.breakdown, result.error, time.perf_counter() - start)
+
+    return check
+
+
 class _Worker:
     """One killable scoring process; respawned on the next call after a timeout or crash."""
 
@@ -89,6 +120,9 @@ class _Worker:
 
     def stop(self) -> None:
         if self.proc is None:
+            return
+        if not self.ready:  # still importing (or never asked): nothing to finish, so do not wait for it
+            self.kill()
             return
         try:
             self.conn.send(None)
@@ -126,9 +160,14 @@ class _Worker:
 
 
 class RewardScorer:
-    """Scores requests with the rubric of `cfg` on `cfg.num_workers` processes (0 = all cores)."""
+    """Scores requests with the rubric of `cfg` on `cfg.num_workers` processes (0 = all cores).
 
-    def __init__(self, cfg: RewardsConfig) -> None:
+    start_workers: spawn the worker processes now, so that their imports overlap with each other and
+    with the caller's own start-up (training); False spawns each on first need (`temper rewards`, where
+    quick checks may decide every row and the next thing after construction is scoring anyway).
+    """
+
+    def __init__(self, cfg: RewardsConfig, start_workers: bool = True) -> None:
         self.cfg = cfg
         validate_rewards_config(cfg)
         self.weights = [(term_name(t), t.weight) for t in cfg.terms]
@@ -138,12 +177,14 @@ class RewardScorer:
         self._inline_verifiers = {
             i: build_verifier(t.verifier, t.params) for i, t in enumerate(cfg.terms) if self.inline[i]
         }
+        self._quick = {i: quick for i, t in enumerate(cfg.terms) if not self.inline[i]
+                       and (quick := _quick_check(t.verifier, t.params)) is not None}
         indices = [i for i, inline in enumerate(self.inline) if not inline]
         n = cfg.num_workers or os.cpu_count() or 1
         ctx = mp.get_context("spawn")
         self._workers = [_Worker(ctx, cfg.model_dump_json(), indices) for _ in range(n if indices else 0)]
-        for w in self._workers:
-            w.start()  # start them all now: their imports overlap with each other and with the caller
+        for w in self._workers if start_workers else []:
+            w.start()
         self._idle: queue.Queue[_Worker] = queue.Queue()
         for w in self._workers:
             self._idle.put(w)
@@ -158,6 +199,9 @@ class RewardScorer:
     # ---- one (term, request) ---------------------------------------------------------------------
 
     def _in_process(self, index: int, request: VerifyRequest) -> VerifyResult:
+        if index in self._quick and (result := self._quick[index](request)) is not None:
+            self._count(result, "ok")
+            return result
         worker = self._idle.get()
         try:
             result, outcome = worker.call(index, request, self.cfg.timeout_s)

@@ -8,7 +8,7 @@ each term's score under its name (`term.name or term.verifier`), and the term's 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -79,6 +79,16 @@ def combine(terms: list[tuple[str, float]], results: list[VerifyResult], correct
         if res.error:
             errors.append(f"{name}: {res.error}")
     return VerifyResult(score, breakdown, "; ".join(errors) or None, seconds, float(breakdown[correct_term]) >= 1.0)
+
+
+def add_turn_rewards(result: VerifyResult, turn_rewards: tuple[float, ...] | list[float], weight: float) -> VerifyResult:
+    """The environment's per-turn rewards, summed and weighted, added to the verifiers' total; the breakdown
+    shows them as "env" (the sum) and "env/turns" (each turn's). Correctness stays the verifiers' call."""
+    if not turn_rewards:
+        return result
+    total = float(sum(turn_rewards))
+    breakdown = {**result.breakdown, "env": total, "env/turns": list(turn_rewards)}
+    return replace(result, score=result.score + weight * total, breakdown=breakdown)
 
 
 def run_verifier(verifier: Verifier, request: VerifyRequest) -> VerifyResult:

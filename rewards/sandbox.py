@@ -18,11 +18,15 @@ cache folder (TEMPER_SANDBOX_CACHE, default /var/cache/temper) and bound read-on
 `isolation="unsafe-subprocess"` runs the same harness as a plain child process (same rlimits, a fresh
 temporary folder, a new session, an empty environment) and isolates nothing else. It exists for
 machines without bubblewrap and for the benchmark that measures what safety costs.
+
+`run` is one job in, frames out. `session` keeps the sandbox running for an interactive job (the
+check-style tests of rewards/code.py): the caller writes requests and reads frames itself.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import selectors
@@ -33,6 +37,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -43,8 +49,23 @@ log = logging.getLogger(__name__)
 Isolation = Literal["bwrap", "unsafe-subprocess"]
 UID_BASE = int(os.environ.get("TEMPER_SANDBOX_UID_BASE", "1800000"))
 UID_COUNT = 4096
-HARNESS_SOURCE = (Path(__file__).with_name("_sandbox_harness.py")).read_text()
+
+
+def standalone_source(name: str) -> str:
+    """The source of rewards/NAME, runnable as `python -c` where temper is not importable: the one module
+    of this folder it imports by bare name, `_plain_data` (stdlib only), is defined first from its source."""
+    here = Path(__file__).parent
+    codec = (here / "_plain_data.py").read_text()
+    prelude = ("import sys as _sys, types as _types\n"
+               "_sys.modules['_plain_data'] = _module = _types.ModuleType('_plain_data')\n"
+               f"exec(compile({codec!r}, '_plain_data.py', 'exec'), _module.__dict__)\n"
+               "del _sys, _types, _module\n")
+    return prelude + (here / name).read_text()
+
+
+HARNESS_SOURCE = standalone_source("_sandbox_harness.py")
 WORKDIR = "/tmp"  # inside the sandbox
+SESSION_GRACE_S = 1.0  # how long a finished session's harness gets to exit on its own before SIGKILL
 _SLOTS = threading.BoundedSemaphore(os.cpu_count() or 1)  # sandboxes running at once, process-wide
 _uid_lock = threading.Lock()
 _uid_next = 0
@@ -100,18 +121,74 @@ class Sandbox:
         """RLIMIT_NPROC for the sandbox uid: only meaningful with a dedicated uid (root parent)."""
         return 24 if self.isolation == "bwrap" and self.as_root else None
 
-    def run(self, job: dict[str, Any], *, wall_timeout: float, stdout_cap: int) -> RunOutcome:
-        """Runs the harness on `job` (see _sandbox_harness.py), killing everything after wall_timeout s."""
+    def run(self, job: dict[str, Any], *, wall_timeout: float, stdout_cap: int,
+            cancel: threading.Event | None = None) -> RunOutcome:
+        """Runs the harness on `job` (see _sandbox_harness.py), killing everything after wall_timeout s, or
+        as soon as `cancel` is set (then the outcome reads as timed out)."""
+        with self._started(job, subprocess.PIPE) as (proc, payload, uid):
+            start = time.monotonic()
+            out, err = bytearray(), bytearray()
+            timed_out = overflowed = False
+            try:
+                timed_out, overflowed = _pump(proc, payload, out, err, start + wall_timeout, stdout_cap, cancel)
+            finally:
+                if timed_out or overflowed or proc.poll() is None:
+                    kill_group(proc)
+                proc.wait()
+                if uid is not None and (timed_out or overflowed or proc.returncode != 0):
+                    _kill_uid(uid)
+            return RunOutcome(bytes(out[:stdout_cap]), err[-2000:].decode("utf-8", "replace"), timed_out,
+                              overflowed, proc.returncode, time.monotonic() - start)
+
+    @contextmanager
+    def session(self, job: dict[str, Any]) -> Iterator[subprocess.Popen]:
+        """A running sandbox for an interactive job ("check" mode): the harness has read `job` and now
+        answers each request line written to `proc.stdin` with a frame on `proc.stdout`. The caller does
+        that I/O (or hands the pipes to another process) within its own deadline; leaving the block
+        kills everything inside, whatever state it is in."""
+        with self._started(job, subprocess.DEVNULL) as (proc, payload, uid):
+            try:
+                proc.stdin.write(payload + b"\n")
+                proc.stdin.flush()
+            except BrokenPipeError:
+                pass  # bwrap failed to start: the caller reads EOF
+            try:
+                yield proc
+            finally:
+                for f in (proc.stdin, proc.stdout):
+                    f.close()
+                try:  # the harness exits by itself at the end of its requests (when no one holds the pipe)
+                    proc.wait(SESSION_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    kill_group(proc)  # mid-request: the harness (init of the namespace) dies with bwrap
+                    proc.wait()
+                if uid is not None and proc.returncode != 0:
+                    _kill_uid(uid)
+
+    @contextmanager
+    def _started(self, job: dict[str, Any], stderr: int) -> Iterator[tuple[subprocess.Popen, bytes, int | None]]:
+        """The harness started (not yet fed) under a sandbox slot: (process, job as bytes, sandbox uid)."""
         job = dict(job, workdir=WORKDIR if self.isolation == "bwrap" else "", nproc=self.nproc,
                    isolated=self.isolation == "bwrap")
-        with _SLOTS:
+        with _SLOTS, tempfile.TemporaryDirectory(prefix="temper-unsafe-") as tmp:
             if self.isolation == "bwrap":
-                uid = _next_uid() if self.as_root else None
-                return self._run(self._bwrap_argv(), job, wall_timeout, stdout_cap, uid, None)
-            with tempfile.TemporaryDirectory(prefix="temper-unsafe-") as tmp:
+                argv, uid, cwd = self._bwrap_argv(), (_next_uid() if self.as_root else None), "/"
+            else:
                 job["workdir"] = tmp
-                argv = [self.python, "-I", "-S", "-B", "-c", HARNESS_SOURCE]
-                return self._run(argv, job, wall_timeout, stdout_cap, None, tmp)
+                argv, uid, cwd = [self.python, "-I", "-S", "-B", "-c", HARNESS_SOURCE], None, tmp
+            payload = json.dumps(job).encode("utf-8", "surrogatepass")
+            ids: dict[str, Any] = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env={},
+                                    cwd=cwd, start_new_session=True, close_fds=True, **ids)
+            try:
+                yield proc, payload, uid
+            finally:
+                if proc.poll() is None:
+                    kill_group(proc)
+                    proc.wait()
+                for f in (proc.stdin, proc.stdout, proc.stderr):
+                    if f is not None and not f.closed:
+                        f.close()
 
     def _bwrap_argv(self) -> list[str]:
         argv = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
@@ -126,28 +203,6 @@ class Sandbox:
                  self.python, "-I", "-S", "-B", "-c", HARNESS_SOURCE]
         return argv
 
-    def _run(self, argv: list[str], job: dict[str, Any], wall_timeout: float, stdout_cap: int,
-             uid: int | None, cwd: str | None) -> RunOutcome:
-        import json
-
-        payload = json.dumps(job).encode("utf-8", "surrogatepass")
-        ids: dict[str, Any] = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
-        start = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={}, cwd=cwd or "/", start_new_session=True, close_fds=True, **ids)
-        out, err = bytearray(), bytearray()
-        timed_out = overflowed = False
-        try:
-            timed_out, overflowed = _pump(proc, payload, out, err, start + wall_timeout, stdout_cap)
-        finally:
-            if timed_out or overflowed or proc.poll() is None:
-                _kill_group(proc)
-            proc.wait()
-            if uid is not None and (timed_out or overflowed or proc.returncode != 0):
-                _kill_uid(uid)
-        return RunOutcome(bytes(out[:stdout_cap]), err[-2000:].decode("utf-8", "replace"), timed_out,
-                          overflowed, proc.returncode, time.monotonic() - start)
-
     def _probe(self) -> None:
         """Starts one sandbox so a broken setup fails loudly at construction, not as zero rewards."""
         job = {"nonce": "probe", "mode": "stdio", "solution": "print(6 * 7)", "setup": "", "tests": [""],
@@ -160,8 +215,8 @@ class Sandbox:
 
 
 def _pump(proc: subprocess.Popen, payload: bytes, out: bytearray, err: bytearray, deadline: float,
-          cap: int) -> tuple[bool, bool]:
-    """Writes the job and reads both pipes until EOF, the deadline, or `cap` stdout bytes."""
+          cap: int, cancel: threading.Event | None = None) -> tuple[bool, bool]:
+    """Writes the job and reads both pipes until EOF, the deadline, `cap` stdout bytes, or `cancel`."""
     sel = selectors.DefaultSelector()
     for f in (proc.stdin, proc.stdout, proc.stderr):
         os.set_blocking(f.fileno(), False)
@@ -172,9 +227,9 @@ def _pump(proc: subprocess.Popen, payload: bytes, out: bytearray, err: bytearray
     try:
         while sel.get_map():
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or (cancel is not None and cancel.is_set()):
                 return True, False
-            for key, _ in sel.select(min(left, 1.0)):
+            for key, _ in sel.select(min(left, 1.0 if cancel is None else 0.05)):
                 if key.fileobj is proc.stdin:
                     try:
                         n = os.write(key.fd, view[:1 << 16])
@@ -203,7 +258,7 @@ def _pump(proc: subprocess.Popen, payload: bytes, out: bytearray, err: bytearray
                 f.close()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -211,7 +266,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _kill_uid(uid: int) -> None:
-    """Belt and braces after an abnormal end: SIGKILL any process still running as the sandbox uid."""
+    """Belt and braces after an abnormal end: SIGKILL any process still running as the sandbox uid.
+
+    Zombies do not count: they run nothing (a killed harness waits as one for the host's init to reap it).
+    """
     for _ in range(50):
         found = False
         for pid in os.listdir("/proc"):
@@ -219,10 +277,11 @@ def _kill_uid(uid: int) -> None:
                 continue
             try:
                 with open(f"/proc/{pid}/status") as f:
-                    real_uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-            except (OSError, StopIteration, ValueError):
+                    fields = dict(line.split(":", 1) for line in f if line.startswith(("State:", "Uid:")))
+                real_uid, zombie = int(fields["Uid"].split()[0]), fields["State"].split()[0] == "Z"
+            except (OSError, KeyError, IndexError, ValueError):
                 continue
-            if real_uid == uid:
+            if real_uid == uid and not zombie:
                 found = True
                 try:
                     os.kill(int(pid), signal.SIGKILL)

@@ -28,7 +28,7 @@ from typing import Any
 
 from temper.configs.schema import BufferConfig
 from temper.rollout.dispatch import PromptDispatch, Ticket
-from temper.rollout.types import Group, Sample
+from temper.rollout.types import Group, Sample, episode_metrics
 
 
 class ReplayBuffer:
@@ -210,6 +210,7 @@ class ReplayBuffer:
                 "buffer/size": len(self.groups),
                 "buffer/staleness_mean": sum(staleness) / len(staleness),
                 "buffer/staleness_max": max(staleness),
+                **episode_metrics([s for g in batch for s in g.samples]),
                 **{f"buffer/dropped_{k}": v for k, v in self._dropped_since_batch.items()},
             }
             self._dropped_since_batch.clear()

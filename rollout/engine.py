@@ -20,13 +20,18 @@ from temper.configs.schema import EngineConfig, SamplingConfig
 
 @dataclass(frozen=True)
 class Completion:
-    """One sampled completion. versions: (oldest, newest) weight version that produced its tokens."""
+    """One sampled completion. token_versions: per token, the weight version that sampled it (a request
+    that straddles a weight update has both); versions: (oldest, newest) of them."""
 
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     text: str
     finish_reason: str
-    versions: tuple[int, int]
+    token_versions: tuple[int, ...]
+
+    @property
+    def versions(self) -> tuple[int, int]:
+        return (min(self.token_versions), max(self.token_versions)) if self.token_versions else (0, 0)
 
 
 # temper's weight_sync.backend -> vLLM's weight-transfer backend ("shm" is temper's own, rollout/vllm_worker_ext.py)
@@ -131,18 +136,24 @@ class Engine:
         result = []
         for c in sorted(final.outputs, key=lambda c: c.index):
             logps = tuple(float(step[tok].logprob) for step, tok in zip(c.logprobs or [], c.token_ids))
-            spans = c.weight_versions or []
-            versions = [int(s.version) for s in spans] or [self.version]
             result.append(
                 Completion(
                     token_ids=tuple(c.token_ids),
                     logprobs=logps,
                     text=c.text,
                     finish_reason=c.finish_reason or "unknown",
-                    versions=(min(versions), max(versions)),
+                    token_versions=self._token_versions(c.weight_versions or [], len(c.token_ids)),
                 )
             )
         return result
+
+    def _token_versions(self, spans: list[Any], n: int) -> tuple[int, ...]:
+        """vLLM's [start, end) version spans over output tokens -> one version per token (tokens no span
+        covers, e.g. with no update ever labelled, get the engine's current version)."""
+        versions = [self.version] * n
+        for span in spans:
+            versions[span.start : span.end] = [int(span.version)] * (min(span.end, n) - span.start)
+        return tuple(versions)
 
     # ------------------------------------------------------------------ weights in (vLLM's transfer API)
     async def weights_init(self, init_info: dict[str, Any]) -> None:

@@ -69,7 +69,8 @@ class RolloutWorker:
         self.engine, self.scorer = engine, scorer
         env_cls = resolve_environment(cfg.environment.name)
         params = env_cls.Params.model_validate(cfg.environment.params)
-        self.env = env_cls(params, engine.tokenizer, cfg.data.prompt_key, cfg.data.system_prompt)
+        self.env = env_cls(params, engine.tokenizer, cfg.data.prompt_key, cfg.data.system_prompt,
+                           max_model_len=cfg.rollout.engine.max_model_len)
 
     # ------------------------------------------------------------------ the loop
     def _shard(self) -> list[dict[str, Any]]:
@@ -141,20 +142,28 @@ class RolloutWorker:
         finally:
             limit.release()
 
-    async def rollout_group(self, group_id: str, row: dict[str, Any], greedy: bool = False) -> Group:
-        """Run and score one group of `row`: `group_size` sampled episodes, or one greedy episode."""
+    async def rollout_group(self, group_id: str, row: dict[str, Any], greedy: bool = False,
+                            env: Any = None) -> Group:
+        """Run and score one group of `row`: `group_size` sampled episodes, or one greedy episode.
+        env: another environment to run it in (default the run's)."""
         from temper.rewards.base import VerifyRequest
+        from temper.rewards.rubric import add_turn_rewards
 
-        async def generate(prompt_ids: list[int], n: int):
-            return await self.engine.generate(prompt_ids, 1 if greedy else n, greedy=greedy)
+        limit = self.cfg.rollout.sampling.max_tokens
+
+        async def generate(prompt_ids: list[int], n: int, max_tokens: int | None = None):
+            cap = limit if max_tokens is None else min(max_tokens, limit)
+            return await self.engine.generate(prompt_ids, 1 if greedy else n, greedy=greedy, max_tokens=cap)
 
         n = 1 if greedy else self.cfg.rollout.group_size
-        episodes = await self.env.run_group(row, generate, n)
+        episodes = await (env or self.env).run_group(row, generate, n)
         label = row.get(self.cfg.data.label_key)
         metadata = {k: v for k, v in row.items() if k not in (self.cfg.data.prompt_key, self.cfg.data.label_key)}
         results = await self.scorer.ascore(
-            [VerifyRequest(e.response, label, e.prompt, metadata, e.messages) for e in episodes]
+            [VerifyRequest(e.response, label, e.prompt, metadata, e.messages, e.info) for e in episodes]
         )
+        weight = self.cfg.rewards.turn_reward_weight
+        results = [add_turn_rewards(r, e.turn_rewards, weight) for e, r in zip(episodes, results, strict=True)]
         samples = [
             Sample.from_episode(e, r, id=f"{group_id}-s{j}", group_id=group_id, label=label, metadata=metadata)
             for j, (e, r) in enumerate(zip(episodes, results, strict=True))
@@ -178,10 +187,15 @@ class RolloutWorker:
     async def weights_finish(self, version: int) -> None:
         await self.engine.weights_finish(version)
 
-    async def evaluate(self, rows: list[dict[str, Any]]) -> list[bool]:
-        """Greedy, one sample per row; correct by the rubric's correctness term."""
-        groups = await asyncio.gather(*(self.rollout_group(f"eval-{i}", r, greedy=True) for i, r in enumerate(rows)))
-        return [g.samples[0].correct for g in groups]
+    async def evaluate(self, rows: list[dict[str, Any]], without_tools: bool = False) -> list[dict[str, Any]]:
+        """Greedy, one sample per row: whether it is correct (the rubric's correctness term), its tool calls
+        and tool errors. without_tools: in the same environment offering no tools (tool environments only)."""
+        env = self.env.without_tools() if without_tools else self.env
+        groups = await asyncio.gather(
+            *(self.rollout_group(f"eval-{i}", r, greedy=True, env=env) for i, r in enumerate(rows))
+        )
+        return [{"correct": s.correct, "tool_calls": s.tool_calls, "tool_errors": sum(s.tool_errors.values())}
+                for s in (g.samples[0] for g in groups)]
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -74,6 +74,7 @@ COMMANDS = {
     "train": ("run an RL post-training job from a TOML config", _train),
     "rewards": ("debug rewards without a model: list, score, check, replay", None),
     "check-config": ("validate a run config (with --set overrides) and print it resolved", _check_config),
+    "env": ("run one episode of an environment against scripted replies: env try CONFIG --row --reply", None),
 }
 
 
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         from temper.rewards.cli import main as rewards_main
 
         return rewards_main(argv[1:])
+    if argv[0] == "env":
+        from temper.env_cli import main as env_main
+
+        return env_main(argv[1:])
     return COMMANDS[argv[0]][1](argv[1:])
 
 

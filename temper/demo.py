@@ -169,7 +169,9 @@ def warm_start(cfg: DemoConfig, model, tokenizer, train: list[dict], val: list[d
 
 def ensure_demo_assets(cfg: DemoConfig, log=print) -> dict[str, str]:
     """Build (or reuse) the demo model folder and data; return {"model", "train", "eval"} paths."""
-    key = hashlib.sha256(f"{ASSETS_VERSION}{cfg.model_dump_json(exclude={'cache_dir'})}".encode()).hexdigest()[:12]
+    # "task" joined the settings later: left out for addition so caches made before stay valid.
+    exclude = {"cache_dir"} | ({"task"} if cfg.task == "addition" else set())
+    key = hashlib.sha256(f"{ASSETS_VERSION}{cfg.model_dump_json(exclude=exclude)}".encode()).hexdigest()[:12]
     root = Path(cfg.cache_dir).expanduser() / key
     done = root / "DONE.json"
     paths = {"model": str(root / "model"), "train": str(root / "train.jsonl"), "eval": str(root / "heldout.jsonl")}
@@ -177,13 +179,18 @@ def ensure_demo_assets(cfg: DemoConfig, log=print) -> dict[str, str]:
         return paths
     log(f"building demo model and data in {root} (cached for later runs)")
     root.mkdir(parents=True, exist_ok=True)
-    train_path, val_path, _ = write_data(cfg, root)
-    tokenizer = build_tokenizer(root / "model")
-    model = build_model(cfg, tokenizer, root / "model")
     torch.set_num_threads(1)  # tiny matmuls: a second thread only adds sync overhead and contention
-    info = warm_start(cfg, model, tokenizer, load_rows(train_path), load_rows(val_path), log=log)
-    model.save_pretrained(root / "model", safe_serialization=True)
-    info["parameters"] = sum(p.numel() for p in model.parameters())
+    if cfg.task == "calculator":
+        from temper import tool_demo
+
+        info = tool_demo.build(cfg, root, log=log)
+    else:
+        train_path, val_path, _ = write_data(cfg, root)
+        tokenizer = build_tokenizer(root / "model")
+        model = build_model(cfg, tokenizer, root / "model")
+        info = warm_start(cfg, model, tokenizer, load_rows(train_path), load_rows(val_path), log=log)
+        model.save_pretrained(root / "model", safe_serialization=True)
+        info["parameters"] = sum(p.numel() for p in model.parameters())
     done.write_text(json.dumps(info, indent=1))
     log(f"demo assets ready: {info}")
     return paths

@@ -40,7 +40,7 @@ from temper.cleanup import (
 from temper.configs.data import DataError, load_prompts
 from temper.configs.load import ConfigError
 from temper.configs.schema import RunConfig
-from temper.report import describe_accuracy, plot_run, wilson_interval
+from temper.report import describe_eval, eval_record, plot_run
 from temper.runs import new_run_dir, runs_base
 from temper.stops import RunError, RunStopped, describe
 
@@ -114,6 +114,9 @@ def prepare(cfg: RunConfig, log=print, resume: str | None = None) -> Prepared:
         env_cls.Params.model_validate(cfg.environment.params)
     except Exception as e:  # noqa: BLE001 - any plugin/params failure is a config error here
         raise ConfigError(f"environment: {e}") from None
+    if cfg.eval.without_tools and not hasattr(env_cls, "without_tools"):
+        raise ConfigError(f"eval.without_tools: environment {cfg.environment.name!r} offers no tools to take away "
+                          "(use a tool environment, e.g. name = \"tool\")")
     base, _ = runs_base(cfg.logging.run_dir)
     p = Prepared(cfg, len(rows["data.train"]), rows.get("data.eval", []), skipped, base)
     if resume:
@@ -180,9 +183,10 @@ def ray_logs_dir() -> str | None:
     return os.path.join(node.get_session_dir_path(), "logs") if node is not None else None
 
 
-def _eval_record(step: int, correct: int, n: int) -> dict[str, Any]:
-    lo, hi = wilson_interval(correct, n)
-    return {"step": step, "correct": correct, "n": n, "accuracy": correct / max(n, 1), "ci_low": lo, "ci_high": hi}
+def evaluate(pool, rows: list[dict[str, Any]], step: int, version: int, without_tools: bool = False) -> dict[str, Any]:
+    """Greedy accuracy over `rows` with 95% intervals, and tool-call/tool-error rates for tool environments.
+    without_tools: the environment offering no tools (an ablation of tool environments)."""
+    return eval_record(step, pool.evaluate(rows, version, without_tools), without_tools)
 
 
 def train(cfg: RunConfig, log=print, resume: str | None = None, prepared: Prepared | None = None) -> dict[str, Any]:
@@ -273,9 +277,11 @@ def _run(p: Prepared, run_dir: Path, teardown: Teardown, progress: dict[str, Any
     if p.eval_rows:
         t0 = time.time()
         log(f"held-out eval {_at(start)} on {len(p.eval_rows)} rows")
-        evals.append(_eval_record(start, *pool.evaluate(p.eval_rows, start)))
-        log(f"held-out accuracy {_at(start)}: {describe_accuracy(evals[0]['correct'], evals[0]['n'])}"
-            f"  [{time.time() - t0:.1f}s]")
+        evals.append(evaluate(pool, p.eval_rows, start, start))
+        log(f"held-out accuracy {_at(start)}: {describe_eval(evals[0])}  [{time.time() - t0:.1f}s]")
+        if cfg.eval.without_tools:
+            evals.append(evaluate(pool, p.eval_rows, start, start, without_tools=True))
+            log(f"held-out accuracy {_at(start)}, no tools: {describe_eval(evals[-1])}")
     progress["step"] = start
     steps = _loop(cfg, run_dir, buffer, learner, pool, p.eval_rows, evals, log, start, progress)
     return _finish(cfg, p, run_dir, learner, buffer, pool, evals, steps, log)
@@ -310,7 +316,7 @@ def _loop(cfg, run_dir, buffer, learner, pool, eval_rows, evals, log, start: int
                 m.update(_step_metrics(buffer, pool, step, t_step, t_sync, run_start))
                 if eval_rows and cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.learner.steps:
                     rows = eval_rows[: cfg.eval.limit] if cfg.eval.limit else eval_rows
-                    evals.append(_eval_record(step, *pool.evaluate(rows, version)))
+                    evals.append(evaluate(pool, rows, step, version))
                     m["eval/accuracy"] = evals[-1]["accuracy"]
                 if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
                     _checkpoint(cfg, learner, buffer, run_dir, step)
@@ -379,11 +385,18 @@ def _finish(cfg, p: Prepared, run_dir, learner, buffer, pool, evals, steps, log)
     if p.eval_rows:
         before = evals[0]
         log(f"held-out eval after RL on {len(p.eval_rows)} rows")
-        evals.append(_eval_record(before["step"] + len(steps), *pool.evaluate(p.eval_rows, before["step"] + len(steps))))
-        after = evals[-1]
+        step = before["step"] + len(steps)
+        after = evaluate(pool, p.eval_rows, step, step)
+        evals.append(after)
         summary.update({"heldout_before": before, "heldout_after": after, "lift": after["accuracy"] - before["accuracy"]})
-        log(f"held-out accuracy {_at(before['step'])}: {describe_accuracy(before['correct'], before['n'])}")
-        log(f"held-out accuracy after  RL: {describe_accuracy(after['correct'], after['n'])}")
+        log(f"held-out accuracy {_at(before['step'])}: {describe_eval(before)}")
+        log(f"held-out accuracy after  RL: {describe_eval(after)}")
+        if cfg.eval.without_tools:
+            no_tools = [e for e in evals if e.get("without_tools")]
+            no_tools.append(evaluate(pool, p.eval_rows, step, step, without_tools=True))
+            evals.append(no_tools[-1])
+            summary.update({"heldout_before_without_tools": no_tools[0], "heldout_after_without_tools": no_tools[-1]})
+            log(f"held-out accuracy after  RL, no tools: {describe_eval(no_tools[-1])}")
         log(f"lift: {summary['lift']:+.1%} in {len(steps)} steps ({rl_seconds:.0f}s of RL)")
     if steps:
         keys = ["step_seconds", "rollout/tokens_per_s", "learner/logp_mismatch", "buffer/staleness_mean"]

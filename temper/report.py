@@ -22,6 +22,36 @@ def describe_accuracy(correct: int, n: int) -> str:
     return f"{correct / max(n, 1):6.1%}  (95% CI {lo:.1%}-{hi:.1%}, n={n})"
 
 
+def eval_record(step: int, items: list[dict[str, Any]], without_tools: bool = False) -> dict[str, Any]:
+    """One evaluation (items: per row {"correct", "tool_calls", "tool_errors"}) with 95% intervals: accuracy,
+    and for runs whose episodes call tools, the share of episodes that called one and of calls that failed."""
+    n, correct = len(items), sum(bool(x["correct"]) for x in items)
+    lo, hi = wilson_interval(correct, n)
+    rec: dict[str, Any] = {"step": step, "correct": correct, "n": n, "accuracy": correct / max(n, 1),
+                           "ci_low": lo, "ci_high": hi}
+    if without_tools:
+        rec["without_tools"] = True
+    calls = sum(x["tool_calls"] for x in items)
+    if calls:
+        callers = sum(x["tool_calls"] > 0 for x in items)
+        errors = sum(x["tool_errors"] for x in items)
+        rec["tool_call_rate"] = {"count": callers, "n": n, "rate": callers / n, "ci": wilson_interval(callers, n)}
+        rec["tool_error_rate"] = {"count": errors, "n": calls, "rate": errors / calls,
+                                  "ci": wilson_interval(min(errors, calls), calls)}
+    return rec
+
+
+def describe_eval(rec: dict[str, Any]) -> str:
+    """Accuracy with its interval, then the tool-call and tool-error rates when there were calls."""
+    text = describe_accuracy(rec["correct"], rec["n"])
+    if "tool_call_rate" in rec:
+        calls, errors = rec["tool_call_rate"], rec["tool_error_rate"]
+        text += (f"; tool calls in {calls['rate']:.1%} of episodes (95% CI {calls['ci'][0]:.1%}-{calls['ci'][1]:.1%}),"
+                 f" errors in {errors['rate']:.1%} of {errors['n']} calls "
+                 f"(95% CI {errors['ci'][0]:.1%}-{errors['ci'][1]:.1%})")
+    return text
+
+
 def plot_run(steps: list[dict[str, Any]], evals: list[dict[str, Any]], out: str | Path) -> str:
     """Reward and batch accuracy by step, with held-out accuracy (and its interval) at each evaluation."""
     import matplotlib
@@ -37,6 +67,7 @@ def plot_run(steps: list[dict[str, Any]], evals: list[dict[str, Any]], out: str 
     ax1.set_ylim(-0.02, 1.02)
     ax1.set_title("training batches")
     ax1.legend()
+    evals = [e for e in evals if not e.get("without_tools")]
     ex = [e["step"] for e in evals]
     acc = [e["accuracy"] for e in evals]
     lo = [e["accuracy"] - e["ci_low"] for e in evals]

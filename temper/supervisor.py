@@ -187,12 +187,13 @@ class WorkerPool:
         remove_orphaned_shm(self.teardown.shm_before)  # the dead engine's segments
 
     # ------------------------------------------------------------------ eval across whatever is alive
-    def evaluate(self, rows: list[dict[str, Any]], version: int) -> tuple[int, int]:
-        """Greedy accuracy over `rows`, split across the live workers; a part whose worker dies is redone on
-        another (the learner is idle during evals, so a replacement may join meanwhile)."""
+    def evaluate(self, rows: list[dict[str, Any]], version: int, without_tools: bool = False) -> list[dict[str, Any]]:
+        """Greedy episodes over `rows`, split across the live workers: per row {"correct", "tool_calls",
+        "tool_errors"} (see RolloutWorker.evaluate); a part whose worker dies is redone on another (the learner
+        is idle during evals, so a replacement may join meanwhile)."""
         n = len(self.workers)
         parts = {k: rows[k::n] for k in range(n) if rows[k::n]}
-        done: dict[int, list[bool]] = {}
+        done: dict[int, list[dict[str, Any]]] = {}
         while len(done) < len(parts):
             live = [i for i in range(n) if i not in self.starting]
             if not live:
@@ -200,7 +201,7 @@ class WorkerPool:
                 time.sleep(POLL_S)
                 continue
             todo = [k for k in parts if k not in done]
-            refs = {self.workers[live[j % len(live)]].evaluate.remote(parts[k]): (k, live[j % len(live)])
+            refs = {self.workers[live[j % len(live)]].evaluate.remote(parts[k], without_tools): (k, live[j % len(live)])
                     for j, k in enumerate(todo)}
             for ref, (k, i) in refs.items():
                 self.wait(ref, version, learner_idle=True)
@@ -210,5 +211,4 @@ class WorkerPool:
                     if i not in self.starting:  # not already seen dead through its run() call
                         self._drop_run_ref(i)
                         self._died(i, describe(e))
-        flags = [f for k in sorted(done) for f in done[k]]
-        return sum(flags), len(flags)
+        return [item for k in sorted(done) for item in done[k]]

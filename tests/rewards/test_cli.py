@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -23,16 +22,27 @@ def _run(*args):
                           cwd=ROOT, timeout=120)
 
 
-def test_list_is_fast_and_imports_no_torch_vllm_ray():
-    code = ("import sys, time; t = time.time(); from temper.rewards.cli import main; main(['list']); "
+def test_list_imports_no_torch_vllm_ray():
+    # What keeps it fast (measured in the README, not here: these machines are noisy) is what it never imports.
+    code = ("from temper.rewards.cli import main; import sys; main(['list']); "
             "print('HEAVY', [m for m in ('torch', 'vllm', 'ray') if m in sys.modules])")
-    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
-    elapsed = time.perf_counter() - start
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
     assert "math" in out.stdout and "format" in out.stdout and "code" in out.stdout
-    assert elapsed < 2.0
+
+
+def test_score_one_integer_row_needs_no_worker_and_no_sympy():
+    """`temper rewards score` on a GSM8K-style row: the pool's quick check answers in this process, so no
+    worker is spawned and sympy never loads (README "Debugging rewards": 0.54 s against 2.19 s before).
+    Checked by what was imported, not by wall time, which the shared CI machines make unreliable."""
+    code = ("import sys; from temper.rewards.cli import main; "
+            "main(['score', '--verifier', 'math', '--response', r'so \\boxed{2}', '--label', '2', '--format', 'json']); "
+            "print('LOADED', [m for m in ('sympy', 'multiprocessing.popen_spawn_posix') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["rows"][0]["reward"] == 1.0
+    assert "LOADED []" in out.stdout
 
 
 def test_list_json(capsys):
@@ -140,3 +150,27 @@ def test_cli_as_a_process(tmp_path):
 @pytest.mark.parametrize("timeout", ["0", "-1"])
 def test_bad_timeout_is_misuse(timeout):
     assert main(["score", "--verifier", "math", "--response", "1", "--label", "1", "--timeout", timeout]) == 2
+
+
+def test_replay_rescores_a_multi_turn_rollout_with_its_turn_rewards(tmp_path, capsys):
+    """A tool episode as rollouts.jsonl stores it: the final reply, the message trace, the environment's
+    turn rewards (added back with rewards.turn_reward_weight) and its info."""
+    messages = [{"role": "user", "content": "What is 347 * 58?"},
+                {"role": "assistant", "content": '<tool_call>{"name": "calculator", "arguments": '
+                                                 '{"expression": "347 * 58"}}</tool_call>'},
+                {"role": "tool", "name": "calculator", "content": "20126"},
+                {"role": "assistant", "content": r"\boxed{20126}"}]
+    row = {"id": "t1", "prompt": "What is 347 * 58?", "response": r"\boxed{20126}", "label": "20126",
+           "metadata": {}, "messages": messages, "turn_rewards": [0.25, 0.0], "info": {"calls": 1},
+           "spans": [{"role": "assistant", "start": 0, "end": 66}], "reward": 1.25,
+           "breakdown": {"math": 1.0, "env": 0.25}, "error": None}
+    src = _write(tmp_path / "rollouts.jsonl", [row])
+    assert main(["replay", src, "--verifier", "math", "--format", "json", "--workers", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["changed_reward"] == 0 and out["summary"]["mean_reward"] == 1.25
+    config = tmp_path / "run.toml"
+    config.write_text('[demo]\nenabled = true\n\n[rewards]\nturn_reward_weight = 2.0\n\n'
+                      '[[rewards.terms]]\nverifier = "math"\n')
+    assert main(["replay", src, "--config", str(config), "--format", "json", "--workers", "1"]) == 0
+    (change,) = json.loads(capsys.readouterr().out)["changes"]
+    assert (change["old_reward"], change["new_reward"]) == (1.25, 1.5)

@@ -151,3 +151,159 @@ def test_refuses_without_bwrap_unless_opted_in(monkeypatch):
         unsafe = CodeVerifier(Params(allow_unsandboxed="unsafe-subprocess"))
     assert unsafe.sandbox.isolation == "unsafe-subprocess"
     assert run(unsafe, ADD, {"tests": ["assert add(1, 2) == 3", "assert add(1, 2) == 4"]})["score"] == 0.5
+
+
+# ---- check-style labels (HumanEval/EvalPlus `def check(candidate)`), judged outside the sandbox ----
+
+CLOSE_PROMPT = '''from typing import List
+
+
+def has_close_elements(numbers: List[float], threshold: float) -> bool:
+    """ Check if in given list of numbers, are any two numbers closer to each other than
+    given threshold.
+    """
+'''
+CLOSE_SOLUTION = CLOSE_PROMPT + '''    for idx, elem in enumerate(numbers):
+        for idx2, elem2 in enumerate(numbers):
+            if idx != idx2 and abs(elem - elem2) < threshold:
+                return True
+    return False
+'''
+CLOSE_CHECK = '''
+
+METADATA = {
+    'author': 'jt',
+    'dataset': 'test'
+}
+
+
+def check(candidate):
+    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True
+    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False
+    assert candidate([1.0, 2.0, 5.9, 4.0, 5.0], 0.95) == True
+    assert candidate([1.0, 2.0, 5.9, 4.0, 5.0], 0.8) == False
+    assert candidate([1.0, 2.0, 3.0, 4.0, 5.0, 2.0], 0.1) == True
+    assert candidate([1.1, 2.2, 3.1, 4.1, 5.1], 1.0) == True
+    assert candidate([1.1, 2.2, 3.1, 4.1, 5.1], 0.5) == False
+
+'''
+CLOSE_LABEL = {"check": CLOSE_CHECK, "entry_point": "has_close_elements", "setup": CLOSE_PROMPT}
+
+
+@needs_bwrap
+def test_check_style_canonical_solution_and_stub(verifier):
+    good = run(verifier, f"```python\n{CLOSE_SOLUTION}```", CLOSE_LABEL)
+    assert (good["score"], good["verdicts"], good["calls"]) == (1.0, ["pass"], 7)
+    stub = run(verifier, f"```python\n{CLOSE_PROMPT}    pass\n```", CLOSE_LABEL)
+    assert (stub["score"], stub["verdicts"], stub["calls"]) == (0.0, ["fail"], 1)
+    assert "check.py line 10: assert candidate([1.0, 2.0, 3.9" in stub["details"][0]  # the first assert
+    nothing = run(verifier, "I cannot solve this.", CLOSE_LABEL)  # the prompt's own stub is all there is
+    assert nothing["score"] == 0.0
+
+
+# Like HumanEval/32: the check calls a helper of the prompt, loops over seeded random cases, and
+# compares with a tolerance; the solution uses the same helper. "setup" gives both sides the prompt.
+POLY_PROMPT = '''import math
+
+
+def poly(xs: list, x: float):
+    return sum(coeff * math.pow(x, i) for i, coeff in enumerate(xs))
+
+
+def find_zero(xs: list):
+    """A zero of the polynomial with coefficients xs (odd degree)."""
+'''
+POLY_SOLUTION = '''def find_zero(xs: list):
+    lo, hi = -1.0, 1.0
+    while poly(xs, lo) * poly(xs, hi) > 0:
+        lo, hi = lo * 2.0, hi * 2.0
+    while hi - lo > 1e-10:
+        mid = (lo + hi) / 2.0
+        if poly(xs, mid) * poly(xs, lo) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+'''
+POLY_CHECK = '''def check(candidate):
+    import copy
+    import random
+    rng = random.Random(42)
+    for _ in range(30):
+        ncoeff = 2 * rng.randint(1, 4)
+        coeffs = [rng.randint(-10, 10) or 1 for _ in range(ncoeff)]
+        solution = candidate(copy.deepcopy(coeffs))
+        assert math.fabs(poly(coeffs, solution)) < 1e-4
+'''
+
+
+@needs_bwrap
+def test_check_style_helpers_loops_and_tolerances(verifier):
+    label = {"check": POLY_CHECK, "entry_point": "find_zero", "setup": POLY_PROMPT}
+    got = run(verifier, POLY_SOLUTION, label)
+    assert (got["score"], got["calls"]) == (1.0, 30)
+    assert run(verifier, "def find_zero(xs):\n    return 0.0", label)["score"] == 0.0
+
+
+@needs_bwrap
+def test_check_style_evalplus_numpy_helper(verifier):
+    # EvalPlus's checks compare floats with numpy in a helper: numpy is importable in the checker only.
+    check = ('import numpy as np\n\n'
+             'def assertion(out, exp, atol):\n'
+             '    if atol == 0 and isinstance(exp, float):\n        atol = 1e-6\n'
+             '    assert out == exp or (atol != 0 and np.allclose(out, exp, rtol=1e-07, atol=atol))\n\n'
+             'def check(candidate):\n'
+             '    inputs = [[1.0, 2.0], [0.1, 0.2], [3, 4]]\n    results = [3.0, 0.30000000000000004, 7]\n'
+             '    for inp, exp in zip(inputs, results):\n        assertion(candidate(*inp), exp, 0)\n')
+    label = {"check": check, "entry_point": "add"}
+    assert run(verifier, "def add(a, b):\n    return a + b", label)["score"] == 1.0
+    assert run(verifier, "def add(a, b):\n    return round(a + b, 3)", label)["score"] == 1.0  # within atol
+    assert run(verifier, "def add(a, b):\n    return a * b", label)["score"] == 0.0
+    assert run(verifier, "import numpy\ndef add(a, b):\n    return a + b", label)["verdicts"] == ["runtime_error"]
+
+
+@needs_bwrap
+def test_check_style_exceptions_come_back_as_values(verifier):
+    check = ("def check(candidate):\n"
+             "    try:\n        candidate(-4)\n    except ValueError as e:\n        assert 'negative' in str(e)\n"
+             "    else:\n        assert False, 'no ValueError'\n"
+             "    assert candidate(9) == 3\n")
+    label = {"check": check, "entry_point": "root"}
+    honest = "import math\ndef root(x):\n    if x < 0:\n        raise ValueError('negative input')\n    return math.isqrt(x)"
+    assert run(verifier, honest, label)["score"] == 1.0
+    quiet = run(verifier, "import math\ndef root(x):\n    return math.isqrt(abs(x))", label)
+    assert quiet["verdicts"] == ["fail"] and "no ValueError" in quiet["details"][0]
+    other = run(verifier, "def root(x):\n    raise KeyError('k')", label)  # uncaught: a runtime error
+    assert other["verdicts"] == ["runtime_error"] and other["details"][0].startswith("KeyError")
+
+
+@needs_bwrap
+def test_check_style_per_call_limits_end_the_test(verifier):
+    # The check swallows every Exception, so only outcomes that end the test can make these fail.
+    check = ("def check(candidate):\n"
+             "    for x in (1, 2, 3):\n        try:\n            candidate(x)\n        except Exception:\n            pass\n"
+             "    assert candidate(0) == 0\n")
+    label = {"check": check, "entry_point": "f", "time_limit": 0.5}
+    slow = "def f(x):\n    if x == 2:\n        while True:\n            pass\n    return 0"
+    got = run(verifier, slow, label)
+    assert got["verdicts"] == ["timeout"] and got["calls"] == 2  # the call after the timeout was never made
+    hungry = "def f(x):\n    if x == 2:\n        return len(bytearray(10 ** 11))\n    return 0"
+    assert run(verifier, hungry, label)["verdicts"] == ["memory"]
+    exits = "import os\ndef f(x):\n    if x == 2:\n        os._exit(0)\n    return 0"
+    assert run(verifier, exits, label)["verdicts"] == ["runtime_error"]
+    assert run(verifier, "def f(x):\n    return 0", label)["score"] == 1.0
+
+
+@needs_bwrap
+def test_check_style_bad_labels_are_errors(verifier):
+    check = "def check(candidate):\n    assert candidate(1) == 1\n"
+    for label in [{"check": check}, {"check": check, "entry_point": "f(x)"}, {"check": "assert True", "entry_point": "f"},
+                  {"check": "def check(candidate:\n", "entry_point": "f"},
+                  {"check": check, "entry_point": "f", "tests": ["assert f(1) == 1"]}]:
+        got = run(verifier, "def f(x):\n    return x", label)
+        assert got["score"] == 0.0 and got["error"].startswith("bad label"), label
+    for check_code, why in [("def check(candidate):\n    assert candidate(lambda: 1) == 1\n", "cannot enter the sandbox"),
+                            ("def check(candidate):\n    assert True\n", "without calling candidate"),
+                            ("import not_a_module\ndef check(candidate):\n    pass\n", "before check() is called")]:
+        got = run(verifier, "def f(x):\n    return x", {"check": check_code, "entry_point": "f"})
+        assert got["score"] == 0.0 and why in got["error"], got

@@ -1,5 +1,7 @@
 """Box extraction, the format verifier, the registry and the rubric (all in-process, no pool)."""
 
+import time
+
 import pytest
 
 from temper.configs.load import ConfigError, load_config
@@ -20,9 +22,25 @@ from temper.rewards.rubric import Rubric, validate_rewards_config
     (r"\boxed{12", None),  # truncated: no answer
     ("", None),
     (r"\fbox{7}", ["7"]),
+    (r"\(\boxed{3}\) and \(\boxed{-1}\).", ["3", "-1"]),  # math delimiters join like `$`
+    (r"\[\boxed{3}\] \[\boxed{-1}\]", ["3", "-1"]),
+    (r"\boxed{3} or \boxed{-1}", ["3", "-1"]),
+    (r"\(\boxed{3}\). Wait, no: \(\boxed{-1}\).", ["-1"]),  # prose does not
+    (r"\boxed{3} for \boxed{4}", ["4"]),
+    (r"\boxed $x$", None),  # used to trip an assert
+    (r"\boxed{\{1\}} \boxed{\\}", [r"\{1\}", r"\\"]),
 ])
 def test_final_boxed(text, parts):
     assert final_boxed(text) == parts
+
+
+def test_box_scan_is_linear():
+    """The math verifier's quick check scans responses outside any timeout: 10^5 unclosed boxes (once
+    quadratic, minutes) must take well under a second."""
+    start = time.perf_counter()
+    assert final_boxed("\\boxed{" * 100_000) is None
+    assert final_boxed("so \\boxed 5 " * 100_000 + "so \\boxed{7}") == ["7"]
+    assert time.perf_counter() - start < 30  # a hang guard, not a speed claim: the quadratic scan took minutes
 
 
 def test_format_verifier():

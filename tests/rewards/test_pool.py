@@ -15,6 +15,7 @@ from temper.rewards.pool import RewardScorer
 
 PLUGIN = textwrap.dedent('''
     import os, time
+    from pydantic import BaseModel
     from temper.rewards.base import Verifier, VerifyResult
 
     class Slow(Verifier):
@@ -34,6 +35,26 @@ PLUGIN = textwrap.dedent('''
         isolation = "inline"
         def verify(self, request):
             return VerifyResult(1.0, {"pid": os.getpid()})
+
+    class Quick(Verifier):
+        """quick() decides 'q:SCORE' (and breaks on 'boom'); the rest goes to a worker that takes init_s to start."""
+        class Params(BaseModel):
+            init_s: float = 0.0
+
+        def __init__(self, params=None):
+            super().__init__(params)
+            time.sleep(self.params.init_s)
+
+        @classmethod
+        def quick(cls, params, request):
+            if request.response == "boom":
+                raise ValueError("quick broke")
+            if request.response.startswith("q:"):
+                return VerifyResult(float(request.response[2:]), {"pid": os.getpid()})
+            return None
+
+        def verify(self, request):
+            return VerifyResult(0.5, {"pid": os.getpid()})
 ''')
 
 
@@ -123,6 +144,25 @@ def test_inline_verifiers_run_in_the_parent(plugin_path):
         assert s.worker_pids() == []  # no process terms, no processes
         (res,) = s.score([VerifyRequest(response="x")])
     assert res.breakdown["Inline/pid"] == os.getpid()
+
+
+def test_quick_verdicts_come_from_the_caller_without_waiting_for_a_worker(plugin_path):
+    slow_start = RewardTerm(verifier="pool_fixture_verifiers:Quick", name="Quick", params={"init_s": 30})
+    start = time.perf_counter()
+    with RewardScorer(_cfg(5.0, 1, slow_start)) as s:
+        decided, broken = s.score([VerifyRequest(response="q:1"), VerifyRequest(response="boom")])
+        pids = s.worker_pids()
+    assert time.perf_counter() - start < 5.0  # neither the scores nor close() waited for the 30 s start
+    assert decided.score == 1.0 and decided.breakdown["Quick/pid"] == os.getpid()
+    assert broken.score == 0.0 and broken.error == "Quick: ValueError: quick broke"
+    assert len(pids) == 1 and not _alive(pids[0])  # the still-starting worker was killed
+    quick_term = RewardTerm(verifier="pool_fixture_verifiers:Quick", name="Quick")
+    with RewardScorer(_cfg(5.0, 1, quick_term), start_workers=False) as s:
+        s.score([VerifyRequest(response="q:0")])
+        assert s.worker_pids() == []  # what `temper rewards` does: workers start on first need
+        (undecided,) = s.score([VerifyRequest(response="x")])
+        assert s.stats()["calls"] == 2 and len(s.worker_pids()) == 1
+    assert undecided.score == 0.5 and undecided.breakdown["Quick/pid"] != os.getpid()  # verify() in a worker
 
 
 def test_close_reaps_workers(plugin_path):

@@ -376,3 +376,104 @@ def test_no_state_left_for_later_runs(verifier):
             assert not os.path.exists(os.path.join(d, name)), (d, name)
     later = "import builtins\ndef add(a, b):\n    return getattr(builtins, 'add', None) and 3 or int(open('/tmp/state').read())"
     assert score(verifier, later, asserts("assert add(1, 2) == 3")) == 0.0
+
+
+# ---- check-style labels: the trusted checker runs outside the sandbox; only plain data reaches it ----
+
+def checks(body: str, entry_point: str = "add") -> dict:
+    return {"check": "def check(candidate):\n" + body, "entry_point": entry_point, **FAST}
+
+
+def check_verdict(verifier: CodeVerifier, code: str, label: dict) -> tuple[float, list[str]]:
+    result = verifier.verify(VerifyRequest(response=f"```python\n{code}\n```", label=label))
+    assert result.error is None, result.error
+    return result.score, result.breakdown["verdicts"]
+
+
+def test_check_style_honest_solution_still_scores_one(verifier):
+    label = checks("    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n")
+    assert check_verdict(verifier, "def add(a, b):\n    return a + b", label) == (1.0, ["pass"])
+
+
+def test_check_style_custom_eq_and_builtin_subclasses(verifier):
+    # Objects that equal everything, are truthy and smaller than anything: none of them crosses over.
+    label = checks("    assert candidate(1, 2) == 3\n    assert candidate(1, 2)\n"
+                   "    assert abs(candidate(1, 2) - 3) < 1e-9\n    assert candidate(1, 2) in [3]\n")
+    anything = ("class Anything:\n    def __eq__(self, other): return True\n    __hash__ = object.__hash__\n"
+                "    def __bool__(self): return True\n    def __lt__(self, other): return True\n"
+                "    def __sub__(self, other): return 0\n    def __rsub__(self, other): return 0\n"
+                "    def __abs__(self): return 0\n")
+    for code in [anything + "def add(a, b):\n    return Anything()",
+                 ("class Int(int):\n    def __eq__(self, other): return True\n    __hash__ = int.__hash__\n"
+                  "def add(a, b):\n    return Int(0)"),
+                 "class L(list):\n    def __eq__(self, other): return True\ndef add(a, b):\n    return L()",
+                 anything + "def add(a, b):\n    return [Anything()]"]:
+        score, verdicts = check_verdict(verifier, code, label)
+        assert (score, verdicts) == (0.0, ["runtime_error"]), code
+
+
+def test_check_style_reaching_for_the_callers_frames(verifier):
+    # Walks every frame and object it can reach for the checker (check, candidate, AssertionError, the
+    # verdict), rewrites what it finds, and writes forged frames (with the nonce from its own memory)
+    # and forged verdicts to every descriptor it has and to the harness's. The checker is in another
+    # process: the verdict must not move.
+    code = r'''
+import builtins, gc, json, os, sys
+nonce = None
+for obj in gc.get_objects():
+    if isinstance(obj, dict) and isinstance(obj.get("nonce"), str):
+        nonce = obj["nonce"]
+f = sys._getframe()
+while f is not None:
+    for scope in (f.f_locals, f.f_globals):
+        for key in list(scope):
+            if key in ("check", "candidate", "Candidate", "run", "verdict", "_emit", "encode"):
+                scope[key] = (lambda *a, **k: 3)
+    f = f.f_back
+builtins.AssertionError = type("Never", (Exception,), {})
+forged = "".join(json.dumps({"nonce": nonce, "i": i, "status": "ok", "values": '{"ok": 3}'}) + "\n"
+                 for i in range(4)) + json.dumps({"verdict": "pass", "detail": "", "calls": 2}) + "\n"
+for fd in range(0, 64):
+    try:
+        os.write(fd, forged.encode())
+    except OSError:
+        pass
+for path in ("/proc/1/fd/1", "/proc/1/fd/0", "/proc/self/fd/1"):
+    try:
+        with open(path, "w") as out:
+            out.write(forged)
+    except OSError:
+        pass
+def add(a, b):
+    return 0
+'''
+    label = checks("    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n")
+    # Its forgeries land in its own value channel (fd 3), which then does not parse: the test ends there.
+    assert check_verdict(verifier, code, label) == (0.0, ["runtime_error"])
+    without_fd3 = code.replace("range(0, 64)", "(0, 1, 2, *range(4, 64))")
+    assert check_verdict(verifier, without_fd3, label) == (0.0, ["fail"])  # add() returns 0: 0 != 3
+
+
+def test_check_style_output_flood(verifier):
+    # Forged frames and verdicts first, then 100 MB on stdout and stderr: the checker never sees them.
+    forge = ("import json, sys\n"
+             "line = json.dumps({'nonce': 'x', 'i': 0, 'status': 'ok', 'values': '{\"ok\": 3}'})\n"
+             "print(line)\nprint(json.dumps({'verdict': 'pass', 'calls': 1}))\n")
+    label = checks("    assert candidate(1, 2) == 3\n")
+    start = time.monotonic()
+    for stream in ("sys.stdout", "sys.stderr"):
+        code = forge + f"def add(a, b):\n    while True:\n        {stream}.write('3\\n' * 100000)\n"
+        assert check_verdict(verifier, code, label) == (0.0, ["output_limit"])
+    assert time.monotonic() - start < 20
+
+
+def test_check_style_stop_iteration_cannot_end_the_checks_loops(verifier):
+    # In one process, StopIteration raised inside map() ends it early, so all() sees only True: the
+    # classic way past `assert all(map(...))`. Here it ends the test instead.
+    label = checks("    assert all(map(lambda x: candidate(x) == x * x, range(5)))\n", entry_point="square")
+    assert check_verdict(verifier, "def square(x):\n    raise StopIteration", label) == (0.0, ["runtime_error"])
+    swallowed = checks("    try:\n        candidate(3)\n    except BaseException:\n        pass\n"
+                       "    assert candidate(2) == 4\n", entry_point="square")
+    code = "calls = []\ndef square(x):\n    if x == 3:\n        raise SystemExit(0)\n    return x * x"
+    assert check_verdict(verifier, code, swallowed) == (0.0, ["runtime_error"])  # even a bare except
+    assert check_verdict(verifier, "def square(x):\n    return x * x", swallowed) == (1.0, ["pass"])

@@ -29,7 +29,7 @@ class FakeEngine:
         for i in range(n):
             reply = f"\\boxed{{{label if i % 2 == 0 else 0}}}"
             ids = tuple(self.tokenizer.encode(reply, add_special_tokens=False))
-            outs.append(Completion(ids, (-0.1,) * len(ids), reply, "stop", (self.version, self.version)))
+            outs.append(Completion(ids, (-0.1,) * len(ids), reply, "stop", (self.version,) * len(ids)))
         return outs
 
 
@@ -79,11 +79,12 @@ def test_loop_fills_the_buffer_with_scored_groups(demo_assets):
 def test_evaluate_is_greedy_and_scored(demo_assets):
     async def main():
         worker, rows = make_worker(demo_assets, None)
-        flags = await worker.evaluate(rows[:5])
+        items = await worker.evaluate(rows[:5])
         worker.scorer.close()
-        return flags
+        return items
 
-    assert asyncio.run(main()) == [True] * 5  # greedy = sample 0 = the right answer
+    # greedy = sample 0 = the right answer; the single-turn environment calls no tools
+    assert asyncio.run(main()) == [{"correct": True, "tool_calls": 0, "tool_errors": 0}] * 5
 
 
 class BrokenEnvironment(SingleTurnEnvironment):

@@ -1,0 +1,115 @@
+"""A multi-turn episode as the learner will see it: token ids exact to what the engine sampled.
+
+The most reported multi-turn bug in RL frameworks is re-tokenization drift: decoding the assistant's turns
+to text, rendering the whole conversation again with the chat template and re-encoding it gives token ids
+that differ from what the policy sampled (other BPE merges, a re-serialized tool-call JSON, a template that
+rewrites earlier turns). The learner then computes log-probs of tokens the policy never produced.
+
+So nothing here is ever re-encoded. Sampled tokens are appended as sampled. The tokens *between* turns
+(tool responses and the template's glue) are the text the template adds after the conversation so far:
+render(conversation + new messages, with the generation prompt) minus render(conversation so far) minus the
+assistant's sampled text. They get loss_mask 0, log-prob 0 and version ENV_VERSION. A template that cannot
+have this prefix property (one that rewrites history, e.g. drops earlier reasoning) raises
+TemplatePrefixError naming where the two renderings part; the episode ends there with stop reason
+"template_mismatch" (its tokens so far stay exact and trainable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ENV_VERSION = -1
+"""The weight version recorded for tokens the environment inserted (no policy produced them)."""
+
+
+class TemplatePrefixError(ValueError):
+    """The chat template rendered an earlier part of the conversation differently once new messages came."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """One turn's tokens in the completion: [start, end) of completion_token_ids. role: "assistant" for
+    sampled tokens, "env" for tokens the environment inserted (tool results and template glue)."""
+
+    role: str
+    start: int
+    end: int
+
+
+class Trajectory:
+    """Prompt ids plus a growing completion whose per-token fields stay aligned (checked on every append)."""
+
+    def __init__(self, prompt_ids: list[int]) -> None:
+        self.prompt_ids = tuple(prompt_ids)
+        self.ids: list[int] = []
+        self.loss_mask: list[int] = []
+        self.logprobs: list[float] = []
+        self.versions: list[int] = []
+        self.spans: list[Span] = []
+
+    def add_sampled(self, ids: tuple[int, ...], logprobs: tuple[float, ...], versions: tuple[int, ...]) -> None:
+        if not len(ids) == len(logprobs) == len(versions):
+            raise AssertionError(f"sampled turn misaligned: {len(ids)} ids, {len(logprobs)} log-probs, "
+                                 f"{len(versions)} versions")
+        self._append("assistant", ids, [1] * len(ids), logprobs, versions)
+
+    def add_env(self, ids: list[int]) -> None:
+        self._append("env", ids, [0] * len(ids), [0.0] * len(ids), [ENV_VERSION] * len(ids))
+
+    def _append(self, role: str, ids, mask, logprobs, versions) -> None:
+        start = len(self.ids)
+        self.ids.extend(ids)
+        self.loss_mask.extend(mask)
+        self.logprobs.extend(logprobs)
+        self.versions.extend(versions)
+        assert len(self.ids) == len(self.loss_mask) == len(self.logprobs) == len(self.versions), "fields drifted"
+        if ids:
+            self.spans.append(Span(role, start, len(self.ids)))
+
+    @property
+    def context_ids(self) -> list[int]:
+        """What the engine continues from: the prompt and every completion token so far."""
+        return [*self.prompt_ids, *self.ids]
+
+    @property
+    def sampled_versions(self) -> tuple[int, int]:
+        """(oldest, newest) version among sampled tokens."""
+        sampled = [v for v, m in zip(self.versions, self.loss_mask) if m]
+        return (min(sampled), max(sampled)) if sampled else (0, 0)
+
+
+class ChatRenderer:
+    """The tokenizer's chat template, with the run's tool schemas (`tools=`), as text and as token ids."""
+
+    def __init__(self, tokenizer: Any, tools: list[dict[str, Any]] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.tools = tools or None
+
+    def render(self, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tools=self.tools, add_generation_prompt=generation_prompt, tokenize=False
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int] | tuple[int, ...]) -> str:
+        """Exact text of token ids, special tokens included (what the template must reproduce)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def glue(self, history: list[dict[str, Any]], sampled_text: str, new: list[dict[str, Any]]) -> str:
+        """The text the template puts after the assistant's sampled text once `new` messages follow it.
+
+        history: the conversation up to and including the assistant message whose sampled text is
+        `sampled_text`. Raises TemplatePrefixError when the template renders the past differently."""
+        before = self.render(history[:-1], generation_prompt=True) + sampled_text
+        after = self.render(history + new, generation_prompt=True)
+        if not after.startswith(before):
+            at = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+            raise TemplatePrefixError(
+                f"the chat template re-renders the conversation differently at character {at}: "
+                f"the episode so far reads {before[max(0, at - 40) : at + 40]!r}, the re-rendering "
+                f"{after[max(0, at - 40) : at + 40]!r}"
+            )
+        return after[len(before) :]

@@ -1,0 +1,161 @@
+"""`temper env try`: one episode of a run's environment against scripted assistant replies.
+
+No engine, no GPU, no Ray: the replies stand in for the model (each is encoded with the run's tokenizer and
+ends with its EOS, or is cut at the turn's token budget), so a person sees exactly what training would see:
+every turn's tokens and loss mask, the tool calls and their results, why the episode stopped, and the reward
+the run's verifiers (plus the environment's turn rewards) give it.
+
+    temper env try configs/tool_demo.toml --row '{"prompt": "What is 347 * 58?", "label": "20126"}' \\
+        --reply '<tool_call>{"name": "calculator", "arguments": {"expression": "347 * 58"}}</tool_call>' \\
+        --reply '\\boxed{20126}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from temper.configs.data import DataError, read_jsonl
+from temper.configs.load import ConfigError, load_config
+from temper.configs.schema import RunConfig
+
+
+class UsageError(Exception):
+    pass
+
+
+def read_row(text: str) -> dict[str, Any]:
+    """--row: a JSON object, a .json file holding one, or FILE.jsonl:LINE."""
+    if text.lstrip().startswith("{"):
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--row: not valid JSON ({e.msg})") from None
+    else:
+        path, _, line = text.rpartition(":") if text.rsplit(":", 1)[-1].isdigit() else (text, "", "")
+        try:
+            if line:
+                rows = dict(read_jsonl(path))
+                if int(line) not in rows:
+                    raise UsageError(f"--row: {path} has no row on line {line}")
+                return rows[int(line)]
+            row = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError, DataError) as e:
+            raise UsageError(f"--row: {e}") from None
+    if not isinstance(row, dict):
+        raise UsageError("--row: expected a JSON object")
+    return row
+
+
+def tokenizer_for(cfg: RunConfig, path: str | None):
+    from transformers import AutoTokenizer
+
+    if path or cfg.model.path:
+        return AutoTokenizer.from_pretrained(path or cfg.model.path)
+    if cfg.demo.enabled:  # the demo's tokenizer alone is instant to make; no need for its model
+        import tempfile
+
+        from temper import demo, tool_demo
+
+        build = tool_demo.build_tokenizer if cfg.demo.task == "calculator" else demo.build_tokenizer
+        return build(Path(tempfile.mkdtemp(prefix="temper-env-try-")))
+    raise UsageError("no tokenizer: set model.path in the config or pass --tokenizer PATH")
+
+
+class Replies:
+    """The scripted stand-in for the engine."""
+
+    def __init__(self, tokenizer, replies: list[str]) -> None:
+        self.tok, self.replies, self.turn = tokenizer, replies, 0
+
+    async def __call__(self, prompt_ids: list[int], n: int, max_tokens: int | None = None):
+        from temper.rollout.engine import Completion
+
+        if self.turn >= len(self.replies):
+            raise UsageError(f"the episode wants assistant turn {self.turn + 1}, but only {len(self.replies)} "
+                             "--reply were given")
+        text = self.replies[self.turn]
+        self.turn += 1
+        ids = self.tok.encode(text, add_special_tokens=False) + [self.tok.eos_token_id]
+        finish = "stop"
+        if max_tokens is not None and len(ids) > max_tokens:
+            ids, finish = ids[:max_tokens], "length"
+        return [Completion(tuple(ids), (0.0,) * len(ids), text, finish, (0,) * len(ids))]
+
+
+def run(cfg: RunConfig, row: dict[str, Any], replies: list[str], tokenizer_path: str | None):
+    from temper.environments.registry import resolve_environment
+    from temper.rewards.base import VerifyRequest
+    from temper.rewards.rubric import Rubric, add_turn_rewards
+
+    tok = tokenizer_for(cfg, tokenizer_path)
+    env_cls = resolve_environment(cfg.environment.name)
+    env = env_cls(env_cls.Params.model_validate(cfg.environment.params), tok, cfg.data.prompt_key,
+                  cfg.data.system_prompt, max_model_len=cfg.rollout.engine.max_model_len)
+    limit = cfg.rollout.sampling.max_tokens
+    engine = Replies(tok, replies)
+
+    async def generate(prompt_ids, n, max_tokens=None):
+        return await engine(prompt_ids, n, limit if max_tokens is None else min(max_tokens, limit))
+
+    (ep,) = asyncio.run(env.run_group(row, generate, 1))
+    label = row.get(cfg.data.label_key)
+    metadata = {k: v for k, v in row.items() if k not in (cfg.data.prompt_key, cfg.data.label_key)}
+    result = Rubric.from_config(cfg.rewards).score(VerifyRequest(ep.response, label, ep.prompt, metadata,
+                                                                 ep.messages, ep.info))
+    return tok, ep, add_turn_rewards(result, ep.turn_rewards, cfg.rewards.turn_reward_weight)
+
+
+def show(tok, ep, result) -> None:
+    print(f"prompt: {len(ep.prompt_token_ids)} tokens")
+    spans = ep.spans or ({"role": "assistant", "start": 0, "end": len(ep.completion_token_ids)},)
+    turn = 0
+    for span in spans:
+        ids = ep.completion_token_ids[span["start"] : span["end"]]
+        text = tok.decode(list(ids), skip_special_tokens=False)
+        mask = set(ep.loss_mask[span["start"] : span["end"]])
+        if span["role"] == "assistant":
+            turn += 1
+            print(f"\nturn {turn}, assistant: {len(ids)} tokens, loss mask {mask}")
+        else:
+            print(f"  environment: {len(ids)} tokens, loss mask {mask}")
+        print("    " + text.replace("\n", "\u21b5\n    "))  # newlines shown, since the template's matter
+    print(f"\nstop reason: {ep.stop_reason}; turns: {ep.turns}; tool calls: {ep.tool_calls}; "
+          f"tool errors: {ep.tool_errors or 'none'}")
+    if ep.turn_rewards:
+        print(f"environment's turn rewards: {list(ep.turn_rewards)}")
+    print(f"reward: {result.score:g} ({'correct' if result.correct else 'not correct'}); "
+          f"breakdown: {json.dumps(result.breakdown, default=str)}")
+    if result.error:
+        print(f"verifier error: {result.error}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="temper env try", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["try"])
+    parser.add_argument("config", help="run config (TOML): its [environment], [rewards], [data] and tokenizer")
+    parser.add_argument("--row", required=True, help="a JSON object, a .json file, or FILE.jsonl:LINE")
+    parser.add_argument("--reply", action="append", default=[], required=True,
+                        help="the assistant's reply for the next turn (repeat, in order)")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: model.path, or the demo's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        tok, ep, result = run(cfg, read_row(args.row), args.reply, args.tokenizer)
+    except (UsageError, ConfigError) as e:
+        print(f"temper env try: {e}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        from dataclasses import asdict
+
+        print(json.dumps({"episode": asdict(ep), "reward": asdict(result)}, default=str))
+    else:
+        show(tok, ep, result)
+    return 0
