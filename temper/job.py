@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from temper import checkpoints
-from temper.cleanup import Teardown, remove_dead_weights_folders, signals_held, weights_folder
+from temper.cleanup import (
+    Teardown,
+    descendants,
+    kill_survivors,
+    remove_dead_weights_folders,
+    signals_held,
+    weights_folder,
+)
 from temper.configs.data import DataError, load_prompts
 from temper.configs.load import ConfigError
 from temper.configs.schema import RunConfig
@@ -123,7 +130,7 @@ def prepare(cfg: RunConfig, log=print, resume: str | None = None) -> Prepared:
     return p
 
 
-def connect_ray(cfg: RunConfig, teardown: Teardown) -> bool:
+def connect_ray(cfg: RunConfig, teardown: Teardown, log=print) -> bool:
     """Join the cluster of `ray job submit` / `ray start` when there is one; else start a private one.
     Returns True for a private cluster.
 
@@ -153,8 +160,19 @@ def connect_ray(cfg: RunConfig, teardown: Teardown) -> bool:
         # `ray start --head` would pick it up and `ray job submit` would then be refused. A per-run token in
         # the environment keeps this private cluster secured without leaving that file behind.
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=teardown.private_ray, **quiet)
-        return True
+        for attempt in (1, 2):
+            before = descendants()
+            try:
+                ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=teardown.private_ray, **quiet)
+                return True
+            except Exception as e:
+                # Ray gives its raylet a fixed 30 s to register; a busy machine can miss that once.
+                if attempt == 2 or "timed out during startup" not in str(e):
+                    raise
+                log("the local Ray cluster missed Ray's 30 s start-up window (a busy machine?); starting it again")
+                ray.shutdown()
+                kill_survivors([p for p in descendants() if p not in before], grace_s=1)
+        raise AssertionError("unreachable")
 
 
 def ray_logs_dir() -> str | None:
@@ -185,7 +203,7 @@ def train(cfg: RunConfig, log=print, resume: str | None = None, prepared: Prepar
     teardown = Teardown()
     progress: dict[str, Any] = {"step": None}
     try:
-        private = connect_ray(cfg, teardown)
+        private = connect_ray(cfg, teardown, log)
         try:
             resources.check(cfg, private, log=log)
         except RuntimeError as e:

@@ -142,15 +142,13 @@ def with_bad_line(src: str, dst: Path, line: int) -> Path:
 
 def test_a_malformed_line_stops_before_ray_naming_file_and_line(tmp_path, demo_assets):
     bad = with_bad_line(demo_assets["train"], tmp_path / "train.jsonl", 30)
-    t0 = time.time()
     proc = subprocess.run(temper_train(tmp_path, demo_assets, f"data.train={json.dumps(str(bad))}"),
                           cwd=REPO, capture_output=True, text=True, timeout=300, env=job_env(), check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"data.train: {bad}:30: not valid JSON" in proc.stderr
     assert 'data.on_bad_line = "skip"' in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "runs").exists()  # refused before any run directory or cluster
-    assert time.time() - t0 < 120  # seconds of CLI start-up, not a cluster and an engine (~75 s before)
+    assert not (tmp_path / "runs").exists()  # refused before any run directory, cluster or engine
 
 
 def test_a_missing_label_is_named(tmp_path, demo_assets):
@@ -260,16 +258,14 @@ def test_a_crash_while_writing_a_checkpoint_resumes_exactly_from_the_previous_on
     assert dead_runs_weights(shm_before) == set()
 
 
-@pytest.mark.slow
-def test_asking_for_more_cpus_than_the_cluster_has_is_an_error_within_seconds(tmp_path, demo_assets):
-    t0 = time.time()
+def test_asking_for_more_cpus_than_the_cluster_has_is_an_error_before_anything_waits(tmp_path, demo_assets):
     proc = subprocess.run(temper_train(tmp_path, demo_assets, "rollout.num_workers=2"), cwd=REPO,
                           capture_output=True, text=True, timeout=300, env=job_env(), check=False)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert ("this run asks for 3 CPUs (rollout.num_workers = 2 x ray.worker_cpus = 1 + ray.learner_cpus = 1) "
             "but the cluster has 2 (1 node; ray.num_cpus = 2)") in proc.stderr
     assert "Traceback" not in proc.stderr and not run_dirs(tmp_path)
-    assert time.time() - t0 < 180  # a private cluster's start-up, then the check: not 8 silent minutes
+    assert "Token authentication is enabled for this Ray cluster" not in proc.stderr  # no cluster was started
 
 
 PHASES = {
