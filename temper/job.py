@@ -18,10 +18,13 @@ that stops early says what died and how to resume (temper/stops.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -131,8 +134,8 @@ def prepare(cfg: RunConfig, log=print, resume: str | None = None) -> Prepared:
 
 
 def connect_ray(cfg: RunConfig, teardown: Teardown, log=print) -> bool:
-    """Join the cluster of `ray job submit` / `ray start` when there is one; else start a private one.
-    Returns True for a private cluster.
+    """Join the cluster of `ray job submit` / `ray start` when there is one (ray.address = "local": never);
+    else start a private one. Returns True for a private cluster.
 
     A private cluster keeps its files (and its address) in its own temp folder, so another `temper train`
     on the same machine never joins it by accident and dies when this run stops it; teardown removes it."""
@@ -142,37 +145,57 @@ def connect_ray(cfg: RunConfig, teardown: Teardown, log=print) -> bool:
     # The console shows temper's own lines; engine warnings and loader output stay in the worker logs
     # (see `ray_logs_dir`). Errors in actors still reach the driver as exceptions.
     quiet = {"log_to_driver": False, "logging_level": "WARNING"}
-    if address:
-        ray.init(address=address, **quiet)
-        return False
-    try:
-        ray.init(address="auto", **quiet)  # a `ray start --head` cluster on this machine
-        return False
-    except ConnectionError:
-        from temper import resources
+    if address != "local":
+        try:
+            with _sigterm_kept():
+                ray.init(address=address or "auto", **quiet)  # "auto": a `ray start --head` cluster here
+            return False
+        except ConnectionError:
+            if address:
+                raise
+    _start_private_cluster(cfg, teardown, quiet, log)
+    return True
 
-        try:  # CPUs are known before the cluster starts: a run that can never fit is refused at once
-            resources.check_local(cfg)
-        except RuntimeError as e:
-            raise ConfigError(str(e)) from None
-        teardown.private_ray = tempfile.mkdtemp(prefix="temper-ray-", dir="/tmp")
-        # Ray >= 2.59 secures local clusters with a token and saves it to ~/.ray/auth_token, where a later
-        # `ray start --head` would pick it up and `ray job submit` would then be refused. A per-run token in
-        # the environment keeps this private cluster secured without leaving that file behind.
-        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-        for attempt in (1, 2):
-            before = descendants()
-            try:
+
+@contextlib.contextmanager
+def _sigterm_kept():
+    """ray.init replaces the SIGTERM handler (with sys.exit, and its core worker's with one that aborts the
+    process): put the caller's back, so `kill` and `ray job stop` clean up as Ctrl-C does."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _start_private_cluster(cfg: RunConfig, teardown: Teardown, quiet: dict[str, Any], log) -> None:
+    import ray
+
+    from temper import resources
+
+    try:  # CPUs are known before the cluster starts: a run that can never fit is refused at once
+        resources.check_local(cfg)
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
+    teardown.private_ray = tempfile.mkdtemp(prefix="temper-ray-", dir="/tmp")
+    # Ray >= 2.59 secures local clusters with a token and saves it to ~/.ray/auth_token, where a later
+    # `ray start --head` would pick it up and `ray job submit` would then be refused. A per-run token in
+    # the environment keeps this private cluster secured without leaving that file behind.
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    for attempt in (1, 2):
+        before = descendants()
+        try:
+            with _sigterm_kept():
                 ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=teardown.private_ray, **quiet)
-                return True
-            except Exception as e:
-                # Ray gives its raylet a fixed 30 s to register; a busy machine can miss that once.
-                if attempt == 2 or "timed out during startup" not in str(e):
-                    raise
-                log("the local Ray cluster missed Ray's 30 s start-up window (a busy machine?); starting it again")
-                ray.shutdown()
-                kill_survivors([p for p in descendants() if p not in before], grace_s=1)
-        raise AssertionError("unreachable")
+            return
+        except Exception as e:
+            # Ray gives its raylet a fixed 30 s to register; a busy machine can miss that once.
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
+            log("the local Ray cluster missed Ray's 30 s start-up window (a busy machine?); starting it again")
+            ray.shutdown()
+            kill_survivors([p for p in descendants() if p not in before], grace_s=1)
 
 
 def ray_logs_dir() -> str | None:

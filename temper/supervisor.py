@@ -34,6 +34,17 @@ POLL_S = 1.0
 NOTE_EVERY_S = 60.0
 
 
+def hung(progress: dict[int, dict[str, float]], starting: set[int], stall_s: float) -> list[tuple[int, str]]:
+    """(worker, why) for each worker that holds groups in flight and finished none for over stall_s seconds.
+    progress: the buffer's `worker_progress`; starting: workers being replaced (their groups are requeued)."""
+    return [
+        (i, (f"hung: {p['in_flight']:g} group(s) in flight and none finished in {p['idle_s']:.0f}s "
+             f"(rollout.stall_timeout_s = {stall_s:g})"))
+        for i, p in sorted(progress.items())
+        if i not in starting and p["idle_s"] > stall_s
+    ]
+
+
 class WorkerPool:
     def __init__(self, cfg: RunConfig, buffer: Any, learner: Any, start_weights: str | None, start_version: int,
                  teardown: Teardown, log=print) -> None:
@@ -115,14 +126,12 @@ class WorkerPool:
             ended, _ = ray.wait(list(self.run_refs), num_returns=len(self.run_refs), timeout=0)
             for ref in ended:
                 self._died(self.run_refs.pop(ref), self._why_ended(ref))
-        stall = self.cfg.rollout.stall_timeout_s
-        for i, p in ray.get(self.buffer.worker_progress.remote()).items():
-            if i not in self.starting and p["idle_s"] > stall:
-                self._drop_run_ref(i)
-                with contextlib.suppress(Exception):
-                    ray.kill(self.workers[i], no_restart=True)
-                self._died(i, f"hung: {p['in_flight']} groups in flight and none finished in {p['idle_s']:.0f}s "
-                              f"(rollout.stall_timeout_s = {stall:g})")
+        progress = ray.get(self.buffer.worker_progress.remote())
+        for i, reason in hung(progress, set(self.starting), self.cfg.rollout.stall_timeout_s):
+            self._drop_run_ref(i)
+            with contextlib.suppress(Exception):
+                ray.kill(self.workers[i], no_restart=True)
+            self._died(i, reason)
         for i, (actor, start_ref) in list(self.starting.items()):
             if ray.wait([start_ref], timeout=0)[0] and learner_idle:
                 self._join(i, actor, start_ref, version)

@@ -53,7 +53,7 @@ def tiny_job_overrides(demo: DemoConfig, run_dir: Path) -> list[str]:
 
 
 SYNC_JOB_SETS = ("learner.steps=4", "buffer.max_staleness=0", "checkpoint.every_steps=2", "eval.every_steps=2",
-                 "eval.limit=8")
+                 "eval.limit=8", "ray.address=local")
 """A 4-step sync-mode job with checkpoints at 2 and 4: the short real job, and the uninterrupted run that
 exact resume is compared with (tests/test_faults.py runs it again with a crash and resumes)."""
 

@@ -23,8 +23,8 @@ SHM_PREFIXES = ("psm_", "sem.mp-")
 def temper_train(tmp_path, demo_assets, *sets: str, extra: tuple[str, ...] = ()) -> list[str]:
     """`temper train configs/demo.toml` shrunk to a tiny job writing under tmp_path/runs."""
     return [str(VENV_BIN / "temper"), "train", "configs/demo.toml",
-            *tiny_job_overrides(demo_assets["demo"], tmp_path / "runs"), *[x for s in sets for x in ("--set", s)],
-            *extra]
+            *tiny_job_overrides(demo_assets["demo"], tmp_path / "runs"), "--set", "ray.address=local",
+            *[x for s in sets for x in ("--set", s)], *extra]
 
 
 def run_dirs(tmp_path) -> list[Path]:
