@@ -42,8 +42,15 @@ def problem(a: int, b: int) -> dict:
 def write_data(cfg: DemoConfig, out: Path) -> tuple[Path, Path, Path]:
     """Seeded addition problems in three disjoint sets of (a, b) pairs: train, val (stops the warm
     start) and held-out (accuracy before/after RL, never trained or selected on)."""
-    rng = random.Random(cfg.seed)
     pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    return write_splits(cfg, out, pairs, problem)
+
+
+def write_splits(cfg: DemoConfig, out: Path, pairs: list[tuple[int, int]], make) -> tuple[Path, Path, Path]:
+    """pairs shuffled (seeded) into held-out (n_eval), val (200) and train (n_train, cycling through the
+    rest when it is shorter), written as JSONL rows `{"id", **make(a, b)}`."""
+    rng = random.Random(cfg.seed)
+    pairs = list(pairs)
     rng.shuffle(pairs)
     held, val, rest = pairs[: cfg.n_eval], pairs[cfg.n_eval : cfg.n_eval + 200], pairs[cfg.n_eval + 200 :]
     train = [rest[i % len(rest)] for i in range(cfg.n_train)]
@@ -53,7 +60,7 @@ def write_data(cfg: DemoConfig, out: Path) -> tuple[Path, Path, Path]:
         path = out / f"{split}.jsonl"
         with path.open("w") as f:
             for i, (a, b) in enumerate(rows):
-                f.write(json.dumps({"id": f"{split}-{i}", **problem(a, b)}) + "\n")
+                f.write(json.dumps({"id": f"{split}-{i}", **make(a, b)}) + "\n")
         paths.append(path)
     return paths[0], paths[1], paths[2]
 

@@ -43,19 +43,9 @@ def problem(a: int, b: int) -> dict[str, str]:
 
 
 def write_data(cfg: DemoConfig, out: Path) -> tuple[Path, Path, Path]:
-    rng = random.Random(cfg.seed)
-    pairs = [(a, b) for a in range(100, 1000) for b in range(10, 100)]
-    rng.shuffle(pairs)
-    held, val, rest = pairs[: cfg.n_eval], pairs[cfg.n_eval : cfg.n_eval + 200], pairs[cfg.n_eval + 200 :]
-    train = rest[: cfg.n_train]
-    paths = []
-    for split, rows in (("train", train), ("val", val), ("heldout", held)):
-        path = out / f"{split}.jsonl"
-        with path.open("w") as f:
-            for i, (a, b) in enumerate(rows):
-                f.write(json.dumps({"id": f"{split}-{i}", **problem(a, b)}) + "\n")
-        paths.append(path)
-    return paths[0], paths[1], paths[2]
+    from temper.demo import write_splits
+
+    return write_splits(cfg, out, [(a, b) for a in range(100, 1000) for b in range(10, 100)], problem)
 
 
 def build_tokenizer(out: Path):
