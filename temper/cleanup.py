@@ -35,7 +35,16 @@ def shm_names() -> set[str]:
 
 
 def _in_use(paths: set[str]) -> set[str]:
-    """Which of these /dev/shm paths some live process has open or mapped."""
+    """Which of these /dev/shm paths some live process has open or mapped.
+
+    Matched by inode, not by name: glibc's sem_open maps a temporary file that it then links to
+    `sem.NAME`, so /proc/PID/maps shows the semaphore under a name that is gone; its inode is the same."""
+    inodes: dict[tuple[int, int], str] = {}
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            inodes[(st.st_dev, st.st_ino)] = path
+    shm_dev = os.stat(SHM).st_dev if os.path.isdir(SHM) else None
     used: set[str] = set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -43,14 +52,19 @@ def _in_use(paths: set[str]) -> set[str]:
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target in paths:
-                        used.add(target)
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as maps:
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                    if (st.st_dev, st.st_ino) in inodes:
+                        used.add(inodes[(st.st_dev, st.st_ino)])
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/maps") as maps:
             for line in maps:
-                path = line.rstrip("\n").split(" ", 5)[-1].strip().removesuffix(" (deleted)")
-                if path in paths:
-                    used.add(path)
+                fields = line.split(None, 5)  # address perms offset dev inode [path]
+                if len(fields) == 6 and fields[5].startswith(SHM + "/"):
+                    major, minor = (int(x, 16) for x in fields[3].split(":"))
+                    key = (os.makedev(major, minor), int(fields[4]))
+                    if key in inodes:
+                        used.add(inodes[key])
+                    elif shm_dev is not None and (shm_dev, int(fields[4])) in inodes:
+                        used.add(inodes[(shm_dev, int(fields[4]))])
     return used
 
 

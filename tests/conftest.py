@@ -1,5 +1,6 @@
 """Shared, expensive fixtures: one tiny demo model folder per test session."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -167,8 +168,31 @@ def ray_cluster():
     try:
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env, "temp_dir": temp_dir}
     finally:
-        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120, check=False)
+        stop_cluster_in(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_cluster_in(temp_dir: str) -> None:
+    """Stop the Ray cluster whose files are under temp_dir, by pid: every process naming that folder on its
+    command line (GCS, raylet, agents, workers) and all they started. Not `ray stop`, which stops every Ray
+    process on the machine, other people's included."""
+    import psutil
+
+    ours = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(temp_dir in arg for arg in p.info["cmdline"] or ()):
+            ours.append(p)
+    for p in list(ours):
+        with contextlib.suppress(psutil.Error):
+            ours += p.children(recursive=True)
+    for p in ours:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(ours, timeout=20)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -47,6 +47,29 @@ def test_an_orphaned_segment_is_removed_and_one_in_use_is_kept():
     assert live_name not in cleanup.shm_names()
 
 
+SEMAPHORE = """
+import multiprocessing as mp, time
+lock = mp.get_context("spawn").Lock()  # a named semaphore in /dev/shm (sem.mp-*) while the process lives
+print("ok", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_named_semaphore_in_use_is_kept():
+    """glibc maps a semaphore under a temporary name before linking it to sem.mp-*: found by inode."""
+    before = cleanup.shm_names()
+    live = subprocess.Popen([sys.executable, "-c", SEMAPHORE], stdout=subprocess.PIPE, text=True)
+    live.stdout.readline()
+    try:
+        (sem,) = {n for n in cleanup.shm_names() - before if n.startswith("sem.mp-")}
+        assert sem not in cleanup.remove_orphaned_shm(before) and sem in cleanup.shm_names()
+    finally:
+        live.kill()
+        live.wait()
+    cleanup.remove_orphaned_shm(before)  # its process is gone: the sweep (or its resource tracker) removes it
+    assert sem not in cleanup.shm_names()
+
+
 def test_survivors_are_killed_by_pid_and_start_time():
     child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
     try:
