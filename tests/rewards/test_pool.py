@@ -102,7 +102,7 @@ def test_timeout_kills_and_respawns(scorer):
     pids = scorer.worker_pids()
     start = time.perf_counter()
     results = scorer.score([VerifyRequest(response="spin"), VerifyRequest(response="0")])
-    assert time.perf_counter() - start < 3.0
+    assert time.perf_counter() - start < 15  # a hang guard: the 1 s timeout, not the spin, ended it (see error)
     assert results[0].score == 0.0 and results[0].error == "Slow: timeout after 1.0s"
     assert results[1].score == 1.0
     assert scorer.stats()["timeouts"] == before["timeouts"] + 1
