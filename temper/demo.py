@@ -32,6 +32,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 ASSETS_VERSION = 3  # bump when the way assets are made changes: old caches are then ignored
+TOOL_ASSETS_VERSION = 2  # the same, for the tool demo's assets only (tool_demo.py)
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -178,7 +179,8 @@ def ensure_demo_assets(cfg: DemoConfig, log=print) -> dict[str, str]:
     """Build (or reuse) the demo model folder and data; return {"model", "train", "eval"} paths."""
     # "task" joined the settings later: left out for addition so caches made before stay valid.
     exclude = {"cache_dir"} | ({"task"} if cfg.task == "addition" else set())
-    key = hashlib.sha256(f"{ASSETS_VERSION}{cfg.model_dump_json(exclude=exclude)}".encode()).hexdigest()[:12]
+    version = f"{ASSETS_VERSION}" if cfg.task == "addition" else f"{ASSETS_VERSION}.{TOOL_ASSETS_VERSION}"
+    key = hashlib.sha256(f"{version}{cfg.model_dump_json(exclude=exclude)}".encode()).hexdigest()[:12]
     root = Path(cfg.cache_dir).expanduser() / key
     done = root / "DONE.json"
     paths = {"model": str(root / "model"), "train": str(root / "train.jsonl"), "eval": str(root / "heldout.jsonl")}
