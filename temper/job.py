@@ -178,7 +178,8 @@ def _start_private_cluster(cfg: RunConfig, teardown: Teardown, quiet: dict[str, 
         resources.check_local(cfg)
     except RuntimeError as e:
         raise ConfigError(str(e)) from None
-    teardown.private_ray = tempfile.mkdtemp(prefix="temper-ray-", dir="/tmp")
+    # The driver's pid in the name tells one run's cluster folder from another's on a shared machine.
+    teardown.private_ray = tempfile.mkdtemp(prefix=f"temper-ray-{os.getpid()}-", dir="/tmp")
     # Ray >= 2.59 secures local clusters with a token and saves it to ~/.ray/auth_token, where a later
     # `ray start --head` would pick it up and `ray job submit` would then be refused. A per-run token in
     # the environment keeps this private cluster secured without leaving that file behind.

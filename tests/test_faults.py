@@ -232,7 +232,8 @@ def test_a_crash_while_writing_a_checkpoint_resumes_exactly_from_the_previous_on
         with contextlib.suppress(psutil.Error):
             p.kill()
     remove_orphaned_shm(shm_before)
-    for folder in set(Path("/tmp").glob("temper-ray-*")) - ray_dirs:  # the crashed run's private cluster
+    # the crashed run's private cluster (only its own: other runs may share this machine)
+    for folder in set(Path("/tmp").glob(f"temper-ray-{proc.pid}-*")) - ray_dirs:
         shutil.rmtree(folder, ignore_errors=True)
     ckpts = run_dir / "checkpoints"
     assert (ckpts / "step-2" / "checkpoint.json").is_file() and not (ckpts / "step-4").exists()
