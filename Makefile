@@ -27,6 +27,7 @@ bench: setup
 	$(VENV)/bin/python bench/bench_sandbox.py
 	$(VENV)/bin/python bench/bench_async.py
 	$(VENV)/bin/python bench/bench_restart.py
+	$(VENV)/bin/python bench/bench_weight_sync.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
