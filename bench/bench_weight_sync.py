@@ -13,7 +13,7 @@ load, version bump); reported: the median seconds, scaled to 100 MB of weights.
 
     python bench/bench_weight_sync.py [--repeats 5] [--world-size 1]
 
-Measured (README): shm 0.90 s, ray 2.49 s per 100 MB, world size 1, 2-core machine under other load.
+Measured: see the README table (Running on a cluster, Which weight-sync backend).
 
 ipc and nccl need GPUs (tests/test_gpu_path.py prints their times where CUDA exists).
 """
@@ -82,6 +82,7 @@ def main() -> None:
             results[backend] = statistics.median(seconds)
             print(f"{backend}: {mb:.0f} MB in {results[backend]:.2f} s median of {args.repeats} "
                   f"({[round(s, 2) for s in seconds]}) -> {results[backend] * 100 / mb:.2f} s per 100 MB", flush=True)
+        print(f"ratio ray / shm (baseline, same run): {results['ray'] / results['shm']:.2f}x", flush=True)
         ray.get([w.shutdown.remote() for w in workers] + [learner.cleanup.remote()])
     finally:
         cluster.stdin.close()

@@ -3,8 +3,9 @@
 Everything the Learner does differently at world_size > 1 is a call into this module:
 
     init(rank, device)                      one process group: NCCL on GPUs, gloo on CPU
-    shard(model)                            FSDP2 (`fully_shard`) per decoder layer, then the root; gradients
-                                            are SUMMED across ranks, not averaged (see below)
+    load_model(path, dtype)                 the weights on rank 0, the bare architecture (meta) elsewhere
+    shard(model, device)                    FSDP2 (`fully_shard`) per decoder layer, then the root, filled from
+                                            rank 0; gradients are SUMMED across ranks, not averaged (see below)
     split_by_tokens(indices, lengths, n)    each optimizer step's samples -> n shares of ~equal tokens
     all_reduce_metrics(summed)              the step's summed loss metrics, over every rank
     full_tensor(p)                          one parameter, gathered (every rank calls it, in the same order)
@@ -56,13 +57,29 @@ def init(me: Rank, device: torch.device) -> None:
     )
 
 
+def load_model(path: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The HF causal LM at `path`: read into CPU memory on rank 0 only; every other rank builds the same
+    architecture on the meta device (no memory) and gets its shards from rank 0 in `shard`. So a node's
+    CPU memory holds one copy of the model at start-up, not one per rank."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if dist.get_rank() == 0:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+
+
 def shard(model: torch.nn.Module, device: torch.device) -> None:
     """FSDP2 in place: each decoder layer its own unit (all-gathered for its forward/backward, then freed),
     the embeddings, final norm and (tied) lm_head in the root unit. Parameters become DTensors sharded on
-    dim 0, on `device`; the optimizer must be built after this."""
+    dim 0, on `device`; the optimizer must be built after this. `model` comes from `load_model`: rank 0's
+    weights are broadcast tensor by tensor, each rank keeping its shard, and so are the buffers (a
+    non-persistent one such as the rotary inv_freq is in no state dict)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
+    full = model.state_dict() if dist.get_rank() == 0 else {}  # plain CPU tensors, before sharding
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for layer in _decoder_layers(model):
         fully_shard(layer, mesh=mesh)
@@ -71,6 +88,13 @@ def shard(model: torch.nn.Module, device: torch.device) -> None:
         if isinstance(module, FSDPModule):  # per unit: the setters do not recurse
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
+    if dist.get_rank() != 0:
+        model.to_empty(device=device)  # meta -> allocated, values from rank 0 below
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    with torch.no_grad():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -96,7 +96,7 @@ class Learner:
         self, cfg: RunConfig, weights_root: str, resume_from: str | None = None,
         rank: distributed.Rank | None = None,
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.cfg = cfg
         lc = cfg.learner
@@ -111,16 +111,14 @@ class Learner:
         if self.sharded:
             distributed.init(self.rank, self.device)
         dtype = DTYPES[cfg.model.dtype]
-        # Sharded: loaded whole into CPU memory, then each rank keeps its shards on its device.
-        load_on = torch.device("cpu") if self.sharded else self.device
         policy_path = resume_from or cfg.model.path
-        self.model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype).to(load_on)
+        self.model = self._load(policy_path, dtype)
         self.model.train()
         if lc.activation_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = None
         if cfg.algorithm.kl.coef > 0:
-            self.ref_model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype).to(load_on).eval()
+            self.ref_model = self._load(cfg.model.path, dtype).eval()
             self.ref_model.requires_grad_(False)
         if self.sharded:
             for model in (self.model, self.ref_model):
@@ -149,6 +147,15 @@ class Learner:
         self.engines = self.transfer = None  # set by connect_engines
         self.weights_root = Path(weights_root)
         self.weights_root.mkdir(parents=True, exist_ok=True)
+
+    def _load(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
+        """Sharded: rank 0 reads the weights into CPU memory, the others build on the meta device, and
+        `distributed.shard` (after the KL reference is loaded too) leaves each rank its shards on its device."""
+        from transformers import AutoModelForCausalLM
+
+        if self.sharded:
+            return distributed.load_model(path, dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device)
 
     # ------------------------------------------------------------------ one batch
     def train_step(self, groups: list[Group]) -> dict[str, Any]:
