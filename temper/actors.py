@@ -45,13 +45,15 @@ class RayEngines:
         return out
 
     def all_on_this_node(self) -> bool:
-        """Whether every worker runs on the caller's Ray node (weight_sync "auto": shm if so, else ray)."""
+        """Whether every live worker runs on the caller's Ray node (weight_sync "auto": shm if so, else ray).
+        A dead one is left out, as in __call__: its replacement re-handshakes (temper/supervisor.py)."""
         here = ray.get_runtime_context().get_node_id()
-        return all(node == here for node in ray.get([w.node_id.remote() for w in self.workers]))
+        return all(node in (here, None) for node in self("node_id", [{} for _ in self.workers]))
 
 
 class RolloutWorkerActor(RolloutWorker):
-    """A RolloutWorker that knows its Ray node and pulls `ray`-backend weights from the object store."""
+    """A RolloutWorker that knows its Ray node and pulls `ray`-backend weights from the object store.
+    (Named so that its process title still starts with `ray::RolloutWorker`.)"""
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -123,10 +125,11 @@ class LearnerGroup:
         r, n = cfg.ray, cfg.learner.world_size
         bundle = {"CPU": r.learner_cpus, "GPU": r.learner_gpus, **r.learner_resources}
         self.pg = placement_group([{k: v for k, v in bundle.items() if v}] * n, strategy=r.learner_placement)
-        if not self.pg.wait(timeout_seconds=600):
+        if not self.pg.wait(timeout_seconds=max(r.resource_wait_s, 60)):
             remove_placement_group(self.pg)
-            raise RuntimeError(f"learner.world_size = {n}: Ray cannot place {n} learner ranks of {bundle} each "
-                               f"({r.learner_placement}); cluster resources: {ray.cluster_resources()}")
+            raise RuntimeError(f"learner.world_size = {n}: Ray could not place {n} learner ranks of {bundle} each "
+                               f"(ray.learner_placement = {r.learner_placement}) within "
+                               f"{max(r.resource_wait_s, 60):g}s; cluster resources: {ray.cluster_resources()}")
 
         def on(i: int) -> PlacementGroupSchedulingStrategy:
             return PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
