@@ -4,7 +4,7 @@
     for step in 1..N:
         batch  = buffer.get_batch(batch_groups, version)     # waits; drops stale groups
         metrics = learner.train_step(batch)                   # GRPO-family loss, one optimizer step
-        learner.sync_weights(version + 1)                     # vLLM weight-transfer API: shm / ipc / nccl
+        learner.sync_weights(version + 1)                     # vLLM weight-transfer API: shm/ray/ipc/nccl
                                                               # between engine steps; requests survive
         buffer.set_version(version + 1)                       # opens the staleness throttle
 

@@ -13,7 +13,9 @@ original would have taken; the HF export is the gathered weights; weight sync wr
 in buckets.
 
 The two ranks are plain processes (torch.multiprocessing, spawn) running every case in one go; a job runs
-them as Ray actors (temper/actors.py, tests/test_scale.py).
+them as Ray actors (temper/actors.py, tests/test_scale.py). Rank 1 builds every model on the meta device and
+gets its shards and buffers from rank 0 (learner/distributed.py), so each parity case also checks that
+start-up: a missing shard or a garbage rotary buffer would change the step.
 """
 
 import dataclasses
