@@ -71,6 +71,9 @@ class EngineConfig(Strict):
     """GPU only: fraction of device memory for the engine (the learner may share the device)."""
     enforce_eager: bool = True
     """Skip CUDA-graph capture (faster start; tiny models gain nothing from graphs)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs per engine (vLLM tensor parallelism inside one rollout worker); set ray.worker_gpus to match.
+    The NCCL weight sync gives each engine this many ranks."""
     recompute_kv_on_update: bool = True
     """After a weight update, recompute the KV of in-flight requests under the new weights. vLLM cannot
     drop its prefix cache while requests hold blocks, so without this, new requests may reuse prompt KV
@@ -83,7 +86,9 @@ class RolloutConfig(Strict):
     """Rollout workers: each a Ray actor with one vLLM engine, looping on its own shard of prompts."""
 
     num_workers: int = Field(1, ge=1)
-    """Number of rollout worker actors."""
+    """Number of rollout worker actors, each with its own engine; worker i takes training prompts
+    i, i + num_workers, ... (no prompt on two workers). Ray places them by ray.worker_cpus/worker_gpus/
+    worker_resources, on any node that has them."""
     group_size: int = Field(8, ge=2)
     """Samples per prompt (GRPO group)."""
     max_concurrent_groups: int = Field(16, ge=1)
@@ -137,7 +142,12 @@ class LearnerConfig(Strict):
     activation_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     num_threads: int = Field(1, ge=1)
-    """torch CPU threads for the learner (the engine gets the other cores)."""
+    """torch CPU threads for the learner (the engine gets the other cores); per rank."""
+    world_size: int = Field(1, ge=1)
+    """Learner processes (ranks): N Ray actors in one placement group, one torch.distributed group (NCCL on
+    GPUs, gloo on CPU), the model sharded across them by FSDP2. Each optimizer step's samples are split
+    across the ranks by tokens; the update equals the single-process one. ray.learner_cpus/learner_gpus/
+    learner_resources are per rank; micro_batch_tokens is per rank and micro-batch."""
 
     @model_validator(mode="after")
     def _mini_batches_split_the_batch(self) -> LearnerConfig:
@@ -225,13 +235,18 @@ class WeightSyncConfig(Strict):
     """How new weights travel from the learner to the rollout engines (always through vLLM's
     weight-transfer API; this picks the data plane)."""
 
-    backend: Literal["auto", "shm", "ipc", "nccl"] = "auto"
-    """shm = a safetensors folder in /dev/shm (any device; the only choice on CPU); ipc = CUDA IPC, engines
-    on the learner's GPU; nccl = NCCL broadcast to engines on other GPUs. auto (resolved when the config
-    loads) = shm unless both ray.learner_gpus and ray.worker_gpus are set; then ipc when both are fractions
-    of a GPU (sharing one), else nccl."""
+    backend: Literal["auto", "shm", "ray", "ipc", "nccl"] = "auto"
+    """shm = safetensors files in a /dev/shm folder (any device; learner and engines on one node); ray =
+    through the Ray object store, put once and pulled by every worker (any device, across nodes); ipc =
+    CUDA IPC, engines on the learner's GPU; nccl = NCCL broadcast to engines on other GPUs (across nodes
+    too). auto: with both ray.learner_gpus and ray.worker_gpus set, resolved when the config loads: ipc when
+    both are fractions of a GPU (sharing one), else nccl; otherwise it stays "auto" until the learner
+    connects to the engines: shm when every rollout worker is on the learner's Ray node, else ray."""
     packed: bool = True
     """ipc/nccl: send weights in packed fixed-size buffers (bounded memory, fewer calls)."""
+    bucket_mb: int = Field(256, ge=1)
+    """shm/ray: weights are gathered (a sharded learner), written and sent in buckets of about this many MB,
+    one safetensors file or object each, so no process holds more than one bucket of them at once."""
 
 
 class RayConfig(Strict):
@@ -249,7 +264,15 @@ class RayConfig(Strict):
     learner_cpus: float = Field(1.0, ge=0)
     """CPUs reserved for the learner."""
     learner_gpus: float = Field(0.0, ge=0)
-    """GPUs for the learner."""
+    """GPUs for the learner (per rank with learner.world_size > 1)."""
+    worker_resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources each rollout worker asks for, e.g. {rollout_node = 1} to keep workers on the
+    nodes started with `ray start --resources='{"rollout_node": 8}'`."""
+    learner_resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources each learner rank asks for (in its placement-group bundle)."""
+    learner_placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Placement-group strategy of the learner ranks (learner.world_size > 1): PACK fills a node before the
+    next; STRICT_PACK demands one node."""
     resource_wait_s: float = Field(600.0, ge=0)
     """On an autoscaling cluster that can grow to fit the run but does not yet: how long to wait for nodes.
     A cluster that can never fit it is an error at once."""
@@ -310,8 +333,8 @@ class RunConfig(Strict):
         if r is None:  # [ray] itself is invalid; that error is the one to report
             return ws
         on_gpus = r.worker_gpus > 0 and r.learner_gpus > 0
-        if ws.backend == "auto":
-            backend = "shm" if not on_gpus else "ipc" if r.worker_gpus < 1 and r.learner_gpus < 1 else "nccl"
+        if ws.backend == "auto" and on_gpus:
+            backend = "ipc" if r.worker_gpus < 1 and r.learner_gpus < 1 else "nccl"
             return ws.model_copy(update={"backend": backend})
         if ws.backend in ("ipc", "nccl") and not on_gpus:
             raise ValueError(
@@ -319,6 +342,25 @@ class RunConfig(Strict):
                 "ray.worker_gpus (or use \"shm\")"
             )
         return ws
+
+    @model_validator(mode="after")
+    def _tensor_parallel_needs_gpus(self) -> RunConfig:
+        tp = self.rollout.engine.tensor_parallel_size
+        if tp > 1 and self.ray.worker_gpus < tp:
+            raise ValueError(f"rollout.engine.tensor_parallel_size = {tp} needs ray.worker_gpus >= {tp} "
+                             f"(is {self.ray.worker_gpus}): each engine spans that many GPUs")
+        return self
+
+    @model_validator(mode="after")
+    def _learner_ranks_fit_their_bundles(self) -> RunConfig:
+        n, r = self.learner.world_size, self.ray
+        if n > 1 and 0 < r.learner_gpus < 1:
+            raise ValueError(f"learner.world_size = {n} needs whole GPUs per rank (ray.learner_gpus = "
+                             f"{r.learner_gpus:g}): NCCL cannot run two ranks of one group on one GPU")
+        if n > 1 and r.learner_cpus <= 0 and r.learner_gpus <= 0 and not r.learner_resources:
+            raise ValueError(f"learner.world_size = {n} places each rank in a placement-group bundle of "
+                             "ray.learner_cpus / learner_gpus / learner_resources; all of them are 0")
+        return self
 
     @model_validator(mode="after")
     def _needs_model_and_data(self) -> RunConfig:

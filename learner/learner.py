@@ -7,13 +7,22 @@ micro-batches under a token budget; per micro-batch a forward pass gives the cur
 sampled completion tokens, the loss (learner/losses.py) is backwarded with a normaliser over the step's
 mini-batch so accumulation is exact; then clip, step, schedule. `sync_weights` then pushes the new
 weights into every rollout engine through vLLM's weight-transfer API (learner/weight_sync.py: a /dev/shm
-folder on CPU, CUDA IPC or NCCL on GPUs), between engine steps.
+folder or the Ray object store on CPU, CUDA IPC or NCCL on GPUs), between engine steps.
 
-A plain class: tests use it directly; temper/actors.py makes it a Ray actor.
+Sharded (learner.world_size > 1, `rank` given): one Learner per rank, the model in FSDP2
+(learner/distributed.py). Every rank receives the whole batch and plans every rank's share of each
+optimizer step the same way (samples split by tokens), so the loss normalisers are the whole step's and
+the summed gradients equal the single-process ones. Ranks run the same number of forward/backward passes
+(a rank with fewer micro-batches runs fully masked ones, which contribute exactly 0), since every FSDP
+forward is a collective. Rank 0 sends the weights, gathered bucket by bucket; every rank writes its
+optimizer shards.
+
+A plain class: tests use it directly; temper/actors.py makes it a Ray actor (one per rank).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import shutil
@@ -24,6 +33,7 @@ from typing import Any
 import torch
 
 from temper.configs.schema import RunConfig
+from temper.learner import distributed
 from temper.learner.advantages import compute_advantages
 from temper.learner.batching import pad_right, plan_micro_batches
 from temper.learner.losses import (
@@ -36,6 +46,8 @@ from temper.learner.losses import (
 from temper.rollout.types import Group, Sample
 
 LEARNER_STATE = "learner_state.pt"
+OPTIMIZER_DIR = "optimizer"
+"""In a checkpoint: the optimizer state by parameter name (torch.distributed.checkpoint; any world size)."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -76,10 +88,15 @@ def sequence_logprobs(
 
 class Learner:
     """resume_from: a checkpoint folder (save_checkpoint) to continue from: its weights, optimizer, lr
-    schedule and version. The KL reference stays model.path."""
+    schedule and version, whatever world size wrote it. The KL reference stays model.path.
 
-    def __init__(self, cfg: RunConfig, weights_root: str, resume_from: str | None = None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    rank: this process's place in a sharded learner (None: one process, no torch.distributed)."""
+
+    def __init__(
+        self, cfg: RunConfig, weights_root: str, resume_from: str | None = None,
+        rank: distributed.Rank | None = None,
+    ) -> None:
+        from transformers import AutoTokenizer
 
         self.cfg = cfg
         lc = cfg.learner
@@ -89,16 +106,24 @@ class Learner:
         else:
             self.device = torch.device("cpu")
             torch.set_num_threads(lc.num_threads)
+        self.rank = rank or distributed.Rank(0, 1, "")
+        self.sharded = rank is not None
+        if self.sharded:
+            distributed.init(self.rank, self.device)
         dtype = DTYPES[cfg.model.dtype]
         policy_path = resume_from or cfg.model.path
-        self.model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype).to(self.device)
+        self.model = self._load(policy_path, dtype)
         self.model.train()
         if lc.activation_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = None
         if cfg.algorithm.kl.coef > 0:
-            self.ref_model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype).to(self.device).eval()
+            self.ref_model = self._load(cfg.model.path, dtype).eval()
             self.ref_model.requires_grad_(False)
+        if self.sharded:
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    distributed.shard(model, self.device)
         tok = AutoTokenizer.from_pretrained(cfg.model.path)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         opt = lc.optimizer
@@ -113,12 +138,24 @@ class Learner:
         self.version = 0
         if resume_from:
             state = torch.load(Path(resume_from) / LEARNER_STATE, map_location=self.device, weights_only=True)
-            self.optimizer.load_state_dict(state["optimizer"])
+            if "optimizer" in state:  # written before optimizer/ (one process only)
+                self.optimizer.load_state_dict(state["optimizer"])
+            else:
+                distributed.load_optimizer(self.model, self.optimizer, Path(resume_from) / OPTIMIZER_DIR)
             self.scheduler.load_state_dict(state["scheduler"])
             self.version = state["version"]
         self.engines = self.transfer = None  # set by connect_engines
         self.weights_root = Path(weights_root)
         self.weights_root.mkdir(parents=True, exist_ok=True)
+
+    def _load(self, path: str, dtype: torch.dtype) -> torch.nn.Module:
+        """Sharded: rank 0 reads the weights into CPU memory, the others build on the meta device, and
+        `distributed.shard` (after the KL reference is loaded too) leaves each rank its shards on its device."""
+        from transformers import AutoModelForCausalLM
+
+        if self.sharded:
+            return distributed.load_model(path, dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device)
 
     # ------------------------------------------------------------------ one batch
     def train_step(self, groups: list[Group]) -> dict[str, Any]:
@@ -129,24 +166,33 @@ class Learner:
         rewards_GN = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
         adv = compute_advantages(rewards_GN, algo.advantage).flatten()  # [B], sample order; over whole groups
 
-        # One plan per optimizer step: its mini-batch of whole groups, packed into micro-batches.
         lengths = [len(s.prompt_token_ids) + len(s.completion_token_ids) for s in samples]
-        plans = [
-            [[mini[j] for j in mb] for mb in plan_micro_batches([lengths[i] for i in mini], lc.micro_batch_tokens)]
-            for mini in self._mini_batches(groups)
-        ]
+        # One plan per optimizer step: its mini-batch of whole groups, split across the ranks by tokens, each
+        # rank's share packed into micro-batches. Every rank plans every rank's share (the same result).
+        plans = [self._plan(mini, lengths) for mini in self._mini_batches(groups)]  # [step][rank][micro-batch]
+        # Each step's loss normaliser, over all of the step's samples (every rank's share).
+        normalizers = [loss_normalizer(algo, [self._mask(samples, mb) for share in step for mb in share])
+                       for step in plans]
+        train_samples, train_adv = samples, adv
+        if self.sharded:  # a fully masked copy of the shortest sample fills the micro-batches a rank lacks
+            shortest = min(samples, key=lambda s: len(s.prompt_token_ids) + len(s.completion_token_ids))
+            train_samples = [*samples, dataclasses.replace(shortest, loss_mask=(0,) * len(shortest.loss_mask))]
+            train_adv = torch.cat([adv, adv.new_zeros(1)])
+        mine = [self._own_micro_batches(step, filler=len(samples)) for step in plans]
         # The pre-update policy. With one step it is the current one, detached, inside that step; with
         # several, later steps run on updated weights, so it is computed once, before the first update.
         prox = None
         if algo.off_policy.mode != "none" and lc.mini_batches * lc.epochs > 1:
-            prox = self._pre_update_logprobs(samples, plans)
+            prox = self._pre_update_logprobs(train_samples, mine)
 
         summed: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         grad_norms: list[float] = []
         for _ in range(lc.epochs):
-            for plan in plans:
-                step_metrics, grad_norm = self._optimizer_step(samples, adv, plan, prox)
+            for micro_batches, normalizer in zip(mine, normalizers, strict=True):
+                step_metrics, grad_norm = self._optimizer_step(
+                    train_samples, train_adv, micro_batches, normalizer, prox
+                )
                 summed = accumulate_metrics(summed, step_metrics)
                 first = first or step_metrics
                 grad_norms.append(grad_norm)
@@ -157,7 +203,8 @@ class Learner:
         trained = sum(sum(s.loss_mask) for s in samples)
         first_fresh_tokens = float(first["onpolicy_tokens"])
         onpolicy_mismatch = float(first["onpolicy_err_sum"]) / first_fresh_tokens if first_fresh_tokens else None
-        padded = sum(len(mb) * max(lengths[i] for i in mb) for plan in plans for mb in plan)
+        all_micro_batches = [mb for step in plans for share in step for mb in share]  # every rank's
+        padded = sum(len(mb) * max(lengths[i] for i in mb) for mb in all_micro_batches)
         loss_metrics = finalize_metrics(summed, steps=len(grad_norms))
         # Engine-vs-learner numerics only from the first step: its forwards are the only ones made by the
         # weights that the rollout log-probs are compared against (later steps' by updated weights).
@@ -170,7 +217,7 @@ class Learner:
             "learner/logp_mismatch_onpolicy": onpolicy_mismatch,
             "learner/onpolicy_frac": fresh_tokens / max(1, trained),
             "learner/lr": self.scheduler.get_last_lr()[0],
-            "learner/micro_batches": sum(len(plan) for plan in plans),  # per pass over the batch
+            "learner/micro_batches": len(all_micro_batches),  # per pass over the batch, all ranks
             "learner/padding_frac": 1 - sum(lengths) / max(1, padded),
             "learner/seconds": seconds,
             "learner/tokens_per_s": lc.epochs * sum(lengths) / seconds,
@@ -192,9 +239,28 @@ class Learner:
         per = len(groups) // n
         return [list(range(starts[k * per], starts[(k + 1) * per])) for k in range(n)]
 
+    def _plan(self, mini: list[int], lengths: list[int]) -> list[list[list[int]]]:
+        """One optimizer step's sample indices -> per rank, its share packed into micro-batches."""
+        budget = self.cfg.learner.micro_batch_tokens
+        return [
+            [[share[j] for j in mb] for mb in plan_micro_batches([lengths[i] for i in share], budget)]
+            for share in distributed.split_by_tokens(mini, lengths, self.rank.world_size)
+        ]
+
+    def _own_micro_batches(self, step: list[list[list[int]]], filler: int) -> list[list[int]]:
+        """This rank's micro-batches of one step, padded with [filler] (a fully masked sample) to as many as
+        any rank has: every forward and backward of a sharded model is a collective of all ranks."""
+        own = step[self.rank.rank]
+        return own + [[filler]] * (max(len(share) for share in step) - len(own))
+
+    @staticmethod
+    def _mask(samples: list[Sample], mb: list[int]) -> torch.Tensor:
+        return pad_right([list(samples[i].loss_mask) for i in mb], 0.0)
+
     @torch.no_grad()
     def _pre_update_logprobs(self, samples: list[Sample], plans: list[list[list[int]]]) -> list[list[float]]:
-        """Each sample's completion log-probs under the current weights, in the first epoch's micro-batches."""
+        """Each sample's completion log-probs under the current weights, in the first epoch's micro-batches
+        (this rank's: the other ranks' samples are left empty)."""
         logprobs: list[list[float]] = [[] for _ in samples]
         for mb in (mb for plan in plans for mb in plan):
             rows = sequence_logprobs(self.model, [samples[i] for i in mb], self.pad_id, False)[0].tolist()
@@ -203,18 +269,19 @@ class Learner:
         return logprobs
 
     def _optimizer_step(
-        self, samples: list[Sample], adv: torch.Tensor, plan: list[list[int]], prox: list[list[float]] | None
+        self, samples: list[Sample], adv: torch.Tensor, plan: list[list[int]], normalizer: float,
+        prox: list[list[float]] | None,
     ) -> tuple[dict[str, torch.Tensor], float]:
-        """One optimizer step on the samples of `plan` (micro-batches of indices into `samples`).
+        """One optimizer step on the samples of `plan` (this rank's micro-batches of indices into `samples`).
 
-        The loss normaliser spans this step's micro-batches only, so their accumulated gradients are exactly
-        the gradient of this step's own batch loss. `prox` holds each sample's pre-update log-probs, or None
-        when this is the batch's only step. Returns the step's summed metrics (the loss's, plus the on-policy
-        mismatch sums) and its gradient norm before clipping.
+        `normalizer` spans this step's samples only (every rank's share), so the gradients accumulated over
+        the micro-batches (and summed over the ranks) are exactly the gradient of this step's own batch loss.
+        `prox` holds each sample's pre-update log-probs, or None when this is the batch's only step. Returns
+        the step's summed metrics (the loss's, plus the on-policy mismatch sums; over all ranks) and its
+        gradient norm before clipping.
         """
         algo = self.cfg.algorithm
-        masks = [pad_right([list(samples[i].loss_mask) for i in mb], 0.0) for mb in plan]
-        normalizer = loss_normalizer(algo, masks)
+        masks = [self._mask(samples, mb) for mb in plan]
         summed: dict[str, torch.Tensor] = {}
         for mb, mask_BT in zip(plan, masks):
             mb_samples = [samples[i] for i in mb]
@@ -246,58 +313,85 @@ class Learner:
             metrics["onpolicy_tokens"] = fresh_BT.sum().double()
             summed = accumulate_metrics(summed, metrics)
 
+        if self.sharded:
+            summed = distributed.all_reduce_metrics(summed)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.optimizer.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return summed, float(grad_norm)
+        return summed, float(distributed.full_tensor(grad_norm))  # sharded: the norm over all shards
 
     # ------------------------------------------------------------------ weights out
     def prepare_sync(self) -> None:
         """Import vLLM's weight-transfer code (~11 s of CPU) now, while the engines start."""
         import temper.learner.weight_sync  # noqa: F401
 
-    def connect_engines(self, invoke, num_engines: int, engine_world_size: int = 1) -> str:
+    def weights_backend(self, invoke) -> str:
+        """weight_sync.backend, with "auto" on CPU decided by where the engines are: "shm" when every one
+        shares this process's node (`invoke.all_on_this_node()`, temper/actors.py), else "ray"."""
+        backend = self.cfg.weight_sync.backend
+        if backend == "auto":
+            same_node = getattr(invoke, "all_on_this_node", None)
+            backend = "shm" if same_node is None or same_node() else "ray"
+        return backend
+
+    def connect_engines(
+        self, invoke, num_engines: int, engine_world_size: int | None = None, backend: str | None = None
+    ) -> str:
         """Handshake with the rollout engines through vLLM's weight-transfer API (learner/weight_sync.py).
         Called again when an engine is replaced.
 
-        invoke(method, kwargs per engine) calls one `weights_*` method on every engine and waits."""
-        from temper.learner.weight_sync import EngineClient, connect
+        invoke(method, kwargs per engine) calls one `weights_*` method on every engine and waits; only rank 0
+        calls it. engine_world_size: processes per engine (default rollout.engine.tensor_parallel_size).
+        backend: the one rank 0 chose (every rank must use the same); default weights_backend(invoke).
+        Returns the backend."""
+        from temper.learner.weight_sync import EngineClient, LearnerWeights, connect
 
         ws = self.cfg.weight_sync
         if self.transfer is not None:  # again, after a rollout worker was replaced: a fresh handshake
             self.transfer.shutdown()
+        backend = backend or self.weights_backend(invoke)
+        engine_world_size = engine_world_size or self.cfg.rollout.engine.tensor_parallel_size
         self.engines = EngineClient(invoke, num_engines, engine_world_size)
-        self.transfer = connect(
-            ws.backend, self.model, DTYPES[self.cfg.model.dtype], self.engines, str(self.weights_root), ws.packed
-        )
-        return ws.backend
+        source = LearnerWeights(self.model, DTYPES[self.cfg.model.dtype], ws.bucket_mb << 20)
+        self.transfer = connect(backend, source, self.engines, str(self.weights_root), ws.packed, self.rank.rank)
+        return backend
 
     def sync_weights(self, version: int) -> float:
-        """Push the current weights to every engine, labelled `version`; returns the seconds it took."""
+        """Push the current weights to every engine, labelled `version`; returns the seconds it took.
+        Sharded: every rank calls it (they gather the parameters together; rank 0 sends)."""
         t0 = time.perf_counter()
         with self.engines.labelled(version):
             self.transfer.send_weights()
         return time.perf_counter() - t0
 
     def save_hf(self, out_dir: str) -> str:
-        """The policy as an ordinary HF folder (model + tokenizer), loadable by transformers and vLLM."""
+        """The policy as an ordinary HF folder (model + tokenizer), loadable by transformers and vLLM.
+        Sharded: every rank calls it; the weights are gathered once, into rank 0's CPU memory, which writes."""
         from transformers import AutoTokenizer
 
-        self.model.save_pretrained(out_dir, safe_serialization=True)
-        AutoTokenizer.from_pretrained(self.cfg.model.path).save_pretrained(out_dir)
+        state = distributed.full_state_dict(self.model) if self.sharded else None
+        if self.rank.rank == 0:
+            self.model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            AutoTokenizer.from_pretrained(self.cfg.model.path).save_pretrained(out_dir)
         return out_dir
 
     def save_checkpoint(self, out_dir: str) -> str:
-        """Weights (HF folder) + optimizer + scheduler + version, to resume a run."""
+        """Weights (HF folder) + optimizer (optimizer/, by parameter name, each rank its shards) + scheduler
+        + version: resumable at any learner.world_size. Sharded: every rank calls it."""
         self.save_hf(out_dir)
-        torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "version": self.version},
-            Path(out_dir) / LEARNER_STATE,
-        )
+        distributed.save_optimizer(self.model, self.optimizer, Path(out_dir) / OPTIMIZER_DIR)
+        if self.rank.rank == 0:
+            torch.save(
+                {"scheduler": self.scheduler.state_dict(), "version": self.version,
+                 "world_size": self.rank.world_size},
+                Path(out_dir) / LEARNER_STATE,
+            )
         return out_dir
 
     def cleanup(self) -> None:
         if self.transfer is not None:
             self.transfer.shutdown()
         shutil.rmtree(self.weights_root, ignore_errors=True)
+        if self.sharded:
+            distributed.close()

@@ -34,8 +34,9 @@ class Completion:
         return (min(self.token_versions), max(self.token_versions)) if self.token_versions else (0, 0)
 
 
-# temper's weight_sync.backend -> vLLM's weight-transfer backend ("shm" is temper's own, rollout/vllm_worker_ext.py)
-VLLM_BACKENDS = {"shm": "temper_shm", "ipc": "ipc", "nccl": "nccl"}
+# temper's weight_sync.backend -> vLLM's weight-transfer backend. temper's own (rollout/vllm_worker_ext.py)
+# takes both shm folders and ray bytes, so an engine need not know which one "auto" will pick.
+VLLM_BACKENDS = {"auto": "temper", "shm": "temper", "ray": "temper", "ipc": "ipc", "nccl": "nccl"}
 
 
 def _engine_args(
@@ -49,6 +50,7 @@ def _engine_args(
         "seed": seed,
         "max_model_len": cfg.max_model_len,
         "enforce_eager": cfg.enforce_eager,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
         "enable_prefix_caching": True,
         "max_logprobs": 1,
         "worker_extension_cls": "temper.rollout.vllm_worker_ext.TemperWorkerExtension",
@@ -70,7 +72,7 @@ def _engine_args(
 class Engine:
     """One AsyncLLM. Create inside a running event loop (an async Ray actor or asyncio.run).
 
-    weight_sync: the data plane weights arrive by ("shm", "ipc" or "nccl"; see WeightSyncConfig)."""
+    weight_sync: the data plane weights arrive by ("auto", "shm", "ray", "ipc" or "nccl"; see WeightSyncConfig)."""
 
     def __init__(
         self,
@@ -194,7 +196,8 @@ class Engine:
             await self.llm.resume_generation()
 
     async def load_weights(self, weights_dir: str, version: int) -> None:
-        """Load a folder of safetensors (e.g. a Hugging Face model folder) as `version`; "shm" engines only."""
+        """Load a folder of safetensors (e.g. a Hugging Face model folder) as `version`; CPU-backend engines
+        (weight_sync auto/shm/ray) only."""
         # Checked before pausing: once the update has started, a failure leaves the model half-loaded.
         if not list(Path(weights_dir).glob("*.safetensors")):
             raise FileNotFoundError(f"no *.safetensors files in {weights_dir}")

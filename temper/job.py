@@ -4,7 +4,7 @@
     for step in 1..N:
         batch  = buffer.get_batch(batch_groups, version)     # waits; drops stale groups
         metrics = learner.train_step(batch)                   # GRPO-family loss, one optimizer step
-        learner.sync_weights(version + 1)                     # vLLM weight-transfer API: shm / ipc / nccl
+        learner.sync_weights(version + 1)                     # vLLM weight-transfer API: shm/ray/ipc/nccl
                                                               # between engine steps; requests survive
         buffer.set_version(version + 1)                       # opens the staleness throttle
 
@@ -293,7 +293,7 @@ def _run(p: Prepared, run_dir: Path, teardown: Teardown, progress: dict[str, Any
     log("starting the learner and rollout worker(s) (vLLM engines)")
     pool.start()
     log(f"{len(pool.workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s"
-        f" (weight sync: {cfg.weight_sync.backend})")
+        f" (weight sync: {pool.backend})")
     where = f" (copied to {run_dir / 'ray-logs'} at the end)" if teardown.private_ray else ""
     log(f"engine and worker logs: {ray_logs_dir()}{where}")
 

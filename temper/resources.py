@@ -27,10 +27,14 @@ class Ask:
 
 def asks(cfg: RunConfig) -> list[Ask]:
     r = cfg.ray
+    n = cfg.learner.world_size
+    worker = {"CPU": (r.worker_cpus, "ray.worker_cpus"), "GPU": (r.worker_gpus, "ray.worker_gpus")}
+    worker |= {k: (v, f"ray.worker_resources.{k}") for k, v in r.worker_resources.items()}
+    learner = {"CPU": (r.learner_cpus, "ray.learner_cpus"), "GPU": (r.learner_gpus, "ray.learner_gpus")}
+    learner |= {k: (v, f"ray.learner_resources.{k}") for k, v in r.learner_resources.items()}
     return [
-        Ask("rollout worker", cfg.rollout.num_workers, "rollout.num_workers",
-            {"CPU": (r.worker_cpus, "ray.worker_cpus"), "GPU": (r.worker_gpus, "ray.worker_gpus")}),
-        Ask("learner", 1, None, {"CPU": (r.learner_cpus, "ray.learner_cpus"), "GPU": (r.learner_gpus, "ray.learner_gpus")}),
+        Ask("rollout worker", cfg.rollout.num_workers, "rollout.num_workers", worker),
+        Ask("learner rank" if n > 1 else "learner", n, "learner.world_size" if n > 1 else None, learner),
     ]
 
 
@@ -41,7 +45,7 @@ def _num(x: float) -> str:
 def _total_terms(all_asks: list[Ask], resource: str) -> tuple[float, str]:
     total, terms = 0.0, []
     for a in all_asks:
-        per, field = a.resources[resource]
+        per, field = a.resources.get(resource, (0.0, ""))
         if per <= 0:
             continue
         total += a.count * per
@@ -50,17 +54,20 @@ def _total_terms(all_asks: list[Ask], resource: str) -> tuple[float, str]:
 
 
 def shortfall(all_asks: list[Ask], nodes: list[dict[str, float]], cluster_hint: str = "") -> str | None:
-    """Why `nodes` (each a resource -> total dict) can never hold every ask; None when they might."""
-    for resource, unit in (("CPU", "CPUs"), ("GPU", "GPUs")):
+    """Why `nodes` (each a resource -> total dict) can never hold every ask; None when they might.
+    Custom resources (ray.worker_resources / learner_resources) are checked like CPUs and GPUs."""
+    custom = sorted({k for a in all_asks for k in a.resources} - {"CPU", "GPU"})
+    for resource, unit in (("CPU", "CPUs"), ("GPU", "GPUs"), *((k, f"of resource {k!r}") for k in custom)):
         have = sum(n.get(resource, 0.0) for n in nodes)
         need, terms = _total_terms(all_asks, resource)
         if need > have + 1e-9:
             where = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}"
+            more = unit if resource in ("CPU", "GPU") else f"nodes with {resource!r} (ray start --resources)"
             return (f"this run asks for {_num(need)} {unit} ({terms}) but the cluster has {_num(have)} "
-                    f"({where}{cluster_hint}). Lower those fields, or give the cluster more {unit}.")
+                    f"({where}{cluster_hint}). Lower those fields, or give the cluster more {more}.")
         largest = max((n.get(resource, 0.0) for n in nodes), default=0.0)
         for a in all_asks:
-            per, field = a.resources[resource]
+            per, field = a.resources.get(resource, (0.0, ""))
             if per > largest + 1e-9:
                 return (f"one {a.role} asks for {_num(per)} {unit} ({field}) but the largest node has "
                         f"{_num(largest)}{cluster_hint}. Lower {field}.")

@@ -58,7 +58,8 @@ def resume_command(command: list[str], checkpoint: Path) -> str:
     return shlex.join([*_without_resume(command), "--resume", str(checkpoint)])
 
 
-ROLES = {"RolloutWorker": "a rollout worker", "Learner": "the learner", "ReplayBuffer": "the replay buffer"}
+ROLES = {"RolloutWorker": "a rollout worker", "RolloutWorkerActor": "a rollout worker", "Learner": "the learner",
+         "LearnerGroup": "the learner", "ReplayBuffer": "the replay buffer"}
 
 
 def _actor_death(text: str) -> str:

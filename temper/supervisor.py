@@ -58,6 +58,7 @@ class WorkerPool:
         self.running = False
         self.restarts: list[dict[str, Any]] = []
         self.step = start_version  # for log lines and the restart records
+        self.backend = cfg.weight_sync.backend  # "auto" on CPU is decided by the handshake (start)
 
     def _new_actor(self, i: int) -> Any:
         actor = make_worker(self.cfg, i, self.buffer)
@@ -84,7 +85,7 @@ class WorkerPool:
                 note += NOTE_EVERY_S
         ray.get(refs)  # raises the first start failure
         self.teardown.engines_up.extend(self.workers)
-        ray.get(self.learner.connect_engines.remote(RayEngines(self.workers), len(self.workers)))
+        self.backend = ray.get(self.learner.connect_engines.remote(RayEngines(self.workers), len(self.workers)))
 
     def run(self) -> None:
         self.running = True
@@ -185,7 +186,7 @@ class WorkerPool:
             return
         self.workers[i] = actor
         self.teardown.engines_up.append(actor)
-        ray.get(self.learner.connect_engines.remote(RayEngines(self.workers), len(self.workers)))
+        self.backend = ray.get(self.learner.connect_engines.remote(RayEngines(self.workers), len(self.workers)))
         if version != self.start_version:  # the engine holds the run's start weights: bring it to `version`
             ray.get(self.learner.sync_weights.remote(version))
         if self.running:

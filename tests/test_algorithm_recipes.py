@@ -18,7 +18,9 @@ from temper.rollout.worker import RolloutWorker
 
 pytestmark = pytest.mark.slow
 
-RECIPES = sorted((REPO / "configs").rglob("*.toml"))
+# configs/cluster/ holds worked examples for GPU clusters (their model and data paths are on shared storage
+# there): tests/configs parses them, nothing here can run them.
+RECIPES = sorted(p for p in (REPO / "configs").rglob("*.toml") if p.parent.name != "cluster")
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

@@ -51,3 +51,19 @@ def test_an_autoscaling_cluster_is_waited_for_with_a_message_and_a_timeout(monke
     monkeypatch.setattr(resources, "autoscaling_limit", lambda: [{"CPU": 2.0}])  # can never grow enough
     with pytest.raises(RuntimeError, match=r"asks for 3 CPUs"):
         resources.check(cfg(workers=2), private_cluster=False, log=said.append, sleep=lambda s: None)
+
+
+def test_learner_ranks_and_custom_resources_are_counted():
+    # 2 ranks x 1 CPU + 1 worker x 1 CPU = 3 CPUs > 2
+    two_ranks = RunConfig.model_validate({"model": {"path": "m"}, "data": {"train": "t"},
+                                          "learner": {"world_size": 2}})
+    problem = resources.shortfall(resources.asks(two_ranks), [{"CPU": 2.0}])
+    assert problem.startswith("this run asks for 3 CPUs (rollout.num_workers = 1 x ray.worker_cpus = 1 + "
+                              "learner.world_size = 2 x ray.learner_cpus = 1)")
+    # workers pinned to nodes started with --resources='{"rollout": 1}': one node has 1, two workers need 2
+    pinned = cfg(workers=2, worker_cpus=0.5, worker_resources={"rollout": 1})
+    problem = resources.shortfall(resources.asks(pinned), [{"CPU": 4.0}, {"CPU": 4.0, "rollout": 1.0}])
+    assert problem == ("this run asks for 2 of resource 'rollout' (rollout.num_workers = 2 x "
+                       "ray.worker_resources.rollout = 1) but the cluster has 1 (2 nodes). Lower those fields, or "
+                       "give the cluster more nodes with 'rollout' (ray start --resources).")
+    assert resources.shortfall(resources.asks(pinned), [{"CPU": 4.0}, {"CPU": 4.0, "rollout": 2.0}]) is None

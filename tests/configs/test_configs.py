@@ -77,10 +77,38 @@ def test_weight_sync_backend_needs_gpus_named_where_it_was_set(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(REPO / "configs/demo.toml", ['weight_sync.backend="ipc"'])
     assert "--set weight_sync.backend=\"ipc\": weight_sync: backend = 'ipc'" in str(e.value)
-    # auto resolves from [ray] when the config loads
-    assert load_config(REPO / "configs/demo.toml").weight_sync.backend == "shm"
+    # auto resolves from [ray] when the config loads on GPUs; on CPU when the learner meets the engines
+    assert load_config(REPO / "configs/demo.toml").weight_sync.backend == "auto"  # shm or ray, by placement
     gpus = load_config(REPO / "configs/demo.toml", ["ray.learner_gpus=0.5", "ray.worker_gpus=0.5"])
     assert gpus.weight_sync.backend == "ipc"
+
+
+def test_scale_out_fields(tmp_path):
+    cfg = load_config(REPO / "configs/demo.toml", [
+        "learner.world_size=2", "rollout.num_workers=3", 'weight_sync.backend="ray"', "weight_sync.bucket_mb=64",
+        "ray.worker_resources.rollout_node=1", "ray.learner_resources.learner_node=1",
+        'ray.learner_placement="STRICT_PACK"',
+    ])
+    assert cfg.learner.world_size == 2 and cfg.weight_sync.backend == "ray"  # the object store needs no GPU
+    assert cfg.ray.worker_resources == {"rollout_node": 1} and cfg.ray.learner_resources == {"learner_node": 1}
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs/demo.toml", ["rollout.engine.tensor_parallel_size=2"])
+    assert "tensor_parallel_size = 2 needs ray.worker_gpus >= 2" in str(e.value)
+    gpus = load_config(REPO / "configs/demo.toml", ["rollout.engine.tensor_parallel_size=2", "ray.worker_gpus=2",
+                                                    "ray.learner_gpus=1"])
+    assert gpus.rollout.engine.tensor_parallel_size == 2 and gpus.weight_sync.backend == "nccl"
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs/demo.toml", ["learner.world_size=0"])
+    assert "learner.world_size" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs/demo.toml", ["learner.world_size=2", "ray.learner_gpus=0.5", "ray.worker_gpus=0.5"])
+    assert "learner.world_size = 2 needs whole GPUs per rank (ray.learner_gpus = 0.5)" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs/demo.toml", ["learner.world_size=2", "ray.learner_cpus=0"])
+    assert "all of them are 0" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs/demo.toml", ['ray.learner_placement="ANYWHERE"'])
+    assert "ray.learner_placement" in str(e.value)
 
 
 def test_unknown_override_key(tmp_path):

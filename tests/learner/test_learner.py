@@ -94,9 +94,15 @@ def test_activation_checkpointing_gives_the_same_step(demo_assets, tmp_path):
     assert recomputed["learner/loss"] == pytest.approx(plain["learner/loss"], rel=1e-5, abs=1e-7)
 
 
-def test_checkpoint_round_trip_resumes_the_learner(demo_assets, tmp_path):
+@pytest.mark.parametrize("layout", ["optimizer_dir", "before_sharding"])
+def test_checkpoint_round_trip_resumes_the_learner(demo_assets, tmp_path, layout):
     """save_checkpoint, then a new Learner(resume_from=...): same weights, optimizer moments, lr step and
-    version, so its next step equals the one the original would have taken."""
+    version, so its next step equals the one the original would have taken. Also from a checkpoint of the
+    layout written before the sharded learner (the optimizer inside learner_state.pt, no optimizer/)."""
+    import shutil
+
+    from temper.learner.learner import LEARNER_STATE, OPTIMIZER_DIR
+
     def group(learner):
         return [Group("g", (sample_from(learner, "g", 0, [70, 71], 1.0), sample_from(learner, "g", 1, [80], 0.0)))]
 
@@ -104,6 +110,11 @@ def test_checkpoint_round_trip_resumes_the_learner(demo_assets, tmp_path):
     original = Learner(cfg, str(tmp_path / "w1"))
     original.train_step(group(original))
     original.save_checkpoint(str(tmp_path / "ckpt"))
+    assert (tmp_path / "ckpt" / OPTIMIZER_DIR / ".metadata").is_file()
+    if layout == "before_sharding":
+        shutil.rmtree(tmp_path / "ckpt" / OPTIMIZER_DIR)
+        torch.save({"optimizer": original.optimizer.state_dict(), "scheduler": original.scheduler.state_dict(),
+                    "version": original.version}, tmp_path / "ckpt" / LEARNER_STATE)
     resumed = Learner(cfg, str(tmp_path / "w2"), resume_from=str(tmp_path / "ckpt"))
     assert resumed.version == 1 and resumed.scheduler.last_epoch == original.scheduler.last_epoch == 1
     for (name, a), b in zip(original.model.named_parameters(), resumed.model.parameters(), strict=True):

@@ -1,7 +1,7 @@
 """Weight sync through vLLM's weight-transfer API (learner/weight_sync.py).
 
 The protocol with recording engines (what each engine is asked, in what order, with which NCCL ranks),
-then the real thing: a learner step pushed into the session's vLLM engine through the temper_shm backend,
+then the real thing: a learner step pushed into the session's vLLM engine through the shm backend,
 after which the engine's log-probs are the learner's to fp32 precision and carry the new version."""
 
 import pytest
@@ -41,7 +41,7 @@ def test_shm_sync_protocol_versions_and_pruning(demo_assets, tmp_path):
                            ("weights_finish", 0), ("weights_finish", 1)]
         assert engines.calls[-1][2] == {"version": version}
         paths.append(engines.calls[2][2]["update_info"]["path"])
-    tensors = load_file(f"{paths[-1]}/model.safetensors")
+    tensors = load_file(f"{paths[-1]}/model-00000.safetensors")  # one bucket: the model is far under 256 MB
     assert "model.embed_tokens.weight" in tensors and "lm_head.weight" not in tensors  # tied: sent once
     assert torch.equal(tensors["model.norm.weight"], learner.model.model.norm.weight.detach())
     assert [p.name for p in (tmp_path / "w").iterdir()] == ["send-3"]  # older versions pruned
@@ -79,7 +79,7 @@ def test_learner_step_reaches_the_real_engine(demo_assets, tmp_path, shared_engi
     engine = shared_engine
     engine.run(engine.load_weights(demo_assets["model"], 0))  # the weights the learner starts from
     cfg = make_cfg(demo_assets, optimizer={"lr": 1e-2})
-    assert cfg.weight_sync.backend == "shm"  # auto on CPU
+    assert cfg.weight_sync.backend == "auto"  # on CPU: shm or ray, by where the engines are
     learner = Learner(cfg, str(tmp_path / "w"))
     assert learner.connect_engines(local_engines(engine), 1) == "shm"
     group = Group("g", (sample_from(learner, "g", 0, [70, 71], 1.0), sample_from(learner, "g", 1, [80], 0.0)))
@@ -112,3 +112,51 @@ def test_gpu_backends_handshake_info_and_cpu_refusal(demo_assets, tmp_path):
     learner = Learner(cfg, str(tmp_path / "w"))
     with pytest.raises(ValueError, match="learner is on cpu"):
         learner.connect_engines(Recorder(), 1)
+
+
+def test_auto_is_shm_on_one_node_and_ray_across_nodes(demo_assets, tmp_path):
+    """On CPU `auto` is decided when the learner meets the engines: by whether they share its Ray node."""
+
+    class Elsewhere(Recorder):
+        def all_on_this_node(self) -> bool:
+            return False
+
+    class Here(Recorder):
+        def all_on_this_node(self) -> bool:
+            return True
+
+    learner = Learner(make_cfg(demo_assets), str(tmp_path / "w"))
+    assert learner.weights_backend(Here()) == "shm"
+    assert learner.weights_backend(Recorder()) == "shm"  # in-process engines (tests): this node
+    assert learner.weights_backend(Elsewhere()) == "ray"
+    engines = Elsewhere()
+    assert learner.connect_engines(engines, 2) == "ray"
+    assert [m for m, _, _ in engines.calls] == ["weights_init", "weights_init"]
+
+
+@pytest.mark.slow
+def test_engine_loads_a_bucket_sent_as_bytes(demo_assets, tmp_path, shared_engine):
+    """The engine side of the `ray` backend: one bucket of safetensors bytes in the update message (what a
+    rollout worker actor hands its engine after pulling the bucket from the object store)."""
+    from safetensors.torch import save
+
+    from temper.learner.weight_sync import LearnerWeights
+
+    engine = shared_engine
+    engine.run(engine.load_weights(demo_assets["model"], 0))
+    learner = Learner(make_cfg(demo_assets, optimizer={"lr": 1e-2}), str(tmp_path / "w"))
+    learner.train_step([Group("g", (sample_from(learner, "g", 0, [70, 71], 1.0), sample_from(learner, "g", 1, [80], 0.0)))])
+    buckets = list(LearnerWeights(learner.model, torch.float32, bucket_bytes=64 << 10).buckets())
+    assert len(buckets) > 1
+    ids = prompt_ids(engine, "What is 3 + 4?")
+    try:
+        engine.run(engine.weights_start())
+        for bucket in buckets:
+            engine.run(engine.weights_update({"data": save(dict(bucket))}))
+        engine.run(engine.weights_finish(1))
+        (after,) = engine.run(engine.generate(ids, 1, greedy=True))
+    finally:
+        engine.run(engine.load_weights(demo_assets["model"], 0))
+    learner.model.eval()
+    assert after.versions == (1, 1)
+    assert after.logprobs == pytest.approx(hf_logprobs(learner.model, ids, after.token_ids), abs=1e-4)
