@@ -34,7 +34,7 @@ def shm_names() -> set[str]:
     return set(os.listdir(SHM)) if os.path.isdir(SHM) else set()
 
 
-def _in_use(paths: set[str]) -> set[str]:
+def in_use(paths: set[str]) -> set[str]:
     """Which of these /dev/shm paths some live process has open or mapped.
 
     Matched by inode, not by name: glibc's sem_open maps a temporary file that it then links to
@@ -71,7 +71,7 @@ def _in_use(paths: set[str]) -> set[str]:
 def remove_orphaned_shm(before: set[str]) -> list[str]:
     """Remove vLLM/multiprocessing segments created since `before` that no live process uses; their names."""
     new = {os.path.join(SHM, n) for n in shm_names() - before if n.startswith(SHM_PREFIXES)}
-    orphans = sorted(new - _in_use(new))
+    orphans = sorted(new - in_use(new))
     for path in orphans:
         with contextlib.suppress(OSError):
             os.unlink(path)

@@ -38,10 +38,10 @@ def metrics(run_dir: Path) -> list[dict]:
 def our_shm(before: set[str]) -> set[str]:
     """Segments and folders a run left in /dev/shm (other runs on this machine may add theirs meanwhile:
     only names that appeared since `before` and that no live process uses count)."""
-    from temper.cleanup import _in_use
+    from temper.cleanup import in_use
 
     new = {os.path.join("/dev/shm", n) for n in shm_names() - before if n.startswith(SHM_PREFIXES)}
-    return {os.path.basename(p) for p in new - _in_use(new)}
+    return {os.path.basename(p) for p in new - in_use(new)}
 
 
 def tree(pid: int) -> list[psutil.Process]:
