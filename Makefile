@@ -25,6 +25,7 @@ test-fast: setup
 bench: setup
 	$(VENV)/bin/python bench/bench_learner_batching.py
 	$(VENV)/bin/python bench/bench_sandbox.py
+	$(VENV)/bin/python bench/bench_rollout.py
 	$(VENV)/bin/python bench/bench_async.py
 	$(VENV)/bin/python bench/bench_restart.py
 	$(VENV)/bin/python bench/bench_tools.py

@@ -207,6 +207,22 @@ class EvalConfig(Strict):
     """Tool environments: also evaluate before and after with the environment offering no tools."""
 
 
+class WandbConfig(Strict):
+    """Weights & Biases logging, beside metrics.jsonl and TensorBoard (needs `pip install 'temper[wandb]'`)."""
+
+    mode: Literal["disabled", "online", "offline"] = "disabled"
+    """online = stream to the W&B server (log in first: `wandb login`); offline = write RUN_DIR/wandb/ only
+    (upload later with `wandb sync`); disabled = no W&B."""
+    project: str = "temper"
+    """W&B project."""
+    entity: str | None = None
+    """W&B team or user (None = your default)."""
+    name: str | None = None
+    """Run name in W&B (None = the run directory's name)."""
+    tags: list[str] = Field(default_factory=list)
+    """Tags on the W&B run."""
+
+
 class LoggingConfig(Strict):
     """Run directory, metrics, plots."""
 
@@ -218,6 +234,11 @@ class LoggingConfig(Strict):
     """Show a console progress bar."""
     save_rollouts: bool = True
     """Write every scored sample to rollouts.jsonl (replayable by `temper rewards replay`)."""
+    tensorboard: bool = True
+    """Also write every step's scalars as TensorBoard event files in the run directory
+    (`tensorboard --logdir runs/`); metrics.jsonl is written either way."""
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    """Weights & Biases (off by default)."""
 
 
 class CheckpointConfig(Strict):

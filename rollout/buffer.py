@@ -27,6 +27,7 @@ from collections import Counter, deque
 from typing import Any
 
 from temper.configs.schema import BufferConfig
+from temper.rollout.activity import Activity, Span
 from temper.rollout.dispatch import PromptDispatch, Ticket
 from temper.rollout.types import Group, Sample, episode_metrics
 
@@ -54,6 +55,8 @@ class ReplayBuffer:
         self._dropped_since_batch: Counter[str] = Counter()
         self._batch_stats: dict[str, Any] = {}
         self._changed = asyncio.Condition()
+        # Why anyone waits here (throttle, capacity, waiting_for_groups), drained by the driver each step.
+        self.activity = Activity()
         self._rollouts = open(rollouts_path, "a") if rollouts_path else None  # noqa: SIM115 (closed in close())
         self._closed = False
 
@@ -63,11 +66,13 @@ class ReplayBuffer:
 
     async def acquire_slot(self) -> bool:
         """Wait until a worker may start one more group; False once the buffer is closed."""
+        def free() -> bool:
+            return self._closed or (self.started < self._allowance() and len(self.groups) < self.cfg.capacity_groups)
+
         async with self._changed:
-            await self._changed.wait_for(
-                lambda: self._closed
-                or (self.started < self._allowance() and len(self.groups) < self.cfg.capacity_groups)
-            )
+            if not free():  # held: by the staleness throttle, or by a full buffer
+                with self.activity.during("throttle" if self.started >= self._allowance() else "capacity"):
+                    await self._changed.wait_for(free)
             if self._closed:
                 return False
             self.started += 1
@@ -191,7 +196,9 @@ class ReplayBuffer:
                 return len(self.groups) >= n_groups or self._closed
 
             try:
-                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+                if not ready():
+                    with self.activity.during("waiting_for_groups"):
+                        await asyncio.wait_for(self._changed.wait_for(ready), timeout)
             except TimeoutError:
                 raise TimeoutError(
                     f"no batch of {n_groups} fresh groups within {timeout:.0f}s (buffer: {self.stats()}). "
@@ -222,6 +229,11 @@ class ReplayBuffer:
         return dict(self._batch_stats)
 
     # ------------------------------------------------------------------ bookkeeping
+    def drain_spans(self) -> list[Span]:
+        """When producers were held (throttle / capacity) or the learner waited (waiting_for_groups) since
+        the last call (rollout/activity.py)."""
+        return self.activity.drain()
+
     def stats(self) -> dict[str, Any]:
         return {
             "size": len(self.groups),

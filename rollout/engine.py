@@ -39,11 +39,10 @@ class Completion:
 VLLM_BACKENDS = {"auto": "temper", "shm": "temper", "ray": "temper", "ipc": "ipc", "nccl": "nccl"}
 
 
-def _engine_args(
+def engine_kwargs(
     model_path: str, cfg: EngineConfig, dtype: str, seed: int, processed_logprobs: bool, weight_sync: str
-):
-    from vllm import AsyncEngineArgs
-
+) -> dict[str, Any]:
+    """vLLM engine arguments of a rollout engine (bench/bench_rollout.py builds a plain `LLM` from the same)."""
     kwargs: dict[str, Any] = {
         "model": model_path,
         "dtype": dtype,
@@ -66,7 +65,24 @@ def _engine_args(
     else:
         kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * (1 << 30))
     kwargs.update(cfg.extra)
-    return AsyncEngineArgs(**kwargs)
+    return kwargs
+
+
+def sampling_params(s: SamplingConfig, n: int, greedy: bool = False, max_tokens: int | None = None):
+    """vLLM SamplingParams of a rollout request: n samples of one prompt, or one greedy completion."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        n=n,
+        temperature=0.0 if greedy else s.temperature,
+        top_p=1.0 if greedy else s.top_p,
+        top_k=-1 if greedy else s.top_k,
+        max_tokens=max_tokens or s.max_tokens,
+        stop=s.stop or None,
+        logprobs=0,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
 
 
 class Engine:
@@ -83,6 +99,7 @@ class Engine:
         seed: int,
         weight_sync: str = "shm",
     ):
+        from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         if weight_sync == "ipc":
@@ -92,7 +109,8 @@ class Engine:
         self.sampling = sampling
         self.recompute_kv_on_update = cfg.recompute_kv_on_update
         processed = sampling.temperature != 1.0 or sampling.top_p < 1.0 or sampling.top_k > 0
-        self.llm = AsyncLLM.from_engine_args(_engine_args(model_path, cfg, dtype, seed, processed, weight_sync))
+        kwargs = engine_kwargs(model_path, cfg, dtype, seed, processed, weight_sync)
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         self.version = 0
         self.tokenizer = None
 
@@ -108,20 +126,7 @@ class Engine:
         self.version = version
 
     def _params(self, n: int, greedy: bool, max_tokens: int | None):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        s = self.sampling
-        return SamplingParams(
-            n=n,
-            temperature=0.0 if greedy else s.temperature,
-            top_p=1.0 if greedy else s.top_p,
-            top_k=-1 if greedy else s.top_k,
-            max_tokens=max_tokens or s.max_tokens,
-            stop=s.stop or None,
-            logprobs=0,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
+        return sampling_params(self.sampling, n, greedy, max_tokens)
 
     async def generate(
         self, prompt_ids: list[int], n: int, greedy: bool = False, max_tokens: int | None = None

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from temper.configs.data import load_prompts
 from temper.configs.schema import RunConfig
 from temper.environments.registry import resolve_environment
+from temper.rollout.activity import Activity, Span
 from temper.rollout.dispatch import Ticket
 from temper.rollout.types import Group, Sample
 
@@ -48,6 +49,8 @@ class RolloutWorker:
         self.last_error: str | None = None
         self.engine_error: str | None = None
         self._stop = asyncio.Event()  # set by stop(), or when the engine dies: the loop takes no new prompt
+        # The engine's busy / eval / paused-for-weights spans, drained by the driver each step (timeline).
+        self.activity = Activity(exclusive=("paused",))
 
     async def start(self, model_path: str | None = None, version: int = 0) -> None:
         """Build the engine, the environment and the scoring pool (slow: call once). model_path/version:
@@ -153,7 +156,8 @@ class RolloutWorker:
 
         async def generate(prompt_ids: list[int], n: int, max_tokens: int | None = None):
             cap = limit if max_tokens is None else min(max_tokens, limit)
-            return await self.engine.generate(prompt_ids, 1 if greedy else n, greedy=greedy, max_tokens=cap)
+            with self.activity.during("eval" if greedy else "busy"):
+                return await self.engine.generate(prompt_ids, 1 if greedy else n, greedy=greedy, max_tokens=cap)
 
         n = 1 if greedy else self.cfg.rollout.group_size
         episodes = await (env or self.env).run_group(row, generate, n)
@@ -179,13 +183,21 @@ class RolloutWorker:
         await self.engine.weights_init(init_info)
 
     async def weights_start(self) -> None:
-        await self.engine.weights_start()
+        self.activity.enter("paused")  # until weights_finish: in-flight requests wait
+        try:
+            await self.engine.weights_start()
+        except BaseException:
+            self.activity.leave("paused")
+            raise
 
     async def weights_update(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
         await self.engine.weights_update(update_info)
 
     async def weights_finish(self, version: int) -> None:
-        await self.engine.weights_finish(version)
+        try:
+            await self.engine.weights_finish(version)
+        finally:
+            self.activity.leave("paused")
 
     async def evaluate(self, rows: list[dict[str, Any]], without_tools: bool = False) -> list[dict[str, Any]]:
         """Greedy, one sample per row: whether it is correct (the rubric's correctness term), its tool calls
@@ -196,6 +208,10 @@ class RolloutWorker:
         )
         return [{"correct": s.correct, "tool_calls": s.tool_calls, "tool_errors": sum(s.tool_errors.values())}
                 for s in (g.samples[0] for g in groups)]
+
+    def drain_spans(self) -> list[Span]:
+        """The engine's busy / eval / paused spans since the last call (rollout/activity.py)."""
+        return self.activity.drain()
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -75,6 +75,7 @@ COMMANDS = {
     "rewards": ("debug rewards without a model: list, score, check, replay", None),
     "check-config": ("validate a run config (with --set overrides) and print it resolved", _check_config),
     "env": ("run one episode of an environment against scripted replies: env try CONFIG --row --reply", None),
+    "report": ("re-render runs' plots and headline numbers from their folders; compare several", None),
 }
 
 
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         from temper.rewards.cli import main as rewards_main
 
         return rewards_main(argv[1:])
+    if argv[0] == "report":
+        from temper.report_cli import main as report_main
+
+        return report_main(argv[1:])
     if argv[0] == "env":
         from temper.env_cli import main as env_main
 

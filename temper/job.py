@@ -43,9 +43,12 @@ from temper.cleanup import (
 from temper.configs.data import DataError, load_prompts
 from temper.configs.load import ConfigError
 from temper.configs.schema import RunConfig
+from temper.metrics_log import MetricsLog, check_wandb
 from temper.report import describe_eval, eval_record, plot_run
 from temper.runs import new_run_dir, runs_base
 from temper.stops import RunError, RunStopped, describe
+from temper.timeline import Timeline, drain
+from temper.timeline import describe as describe_timeline
 
 __all__ = ["ConfigError", "Prepared", "RunError", "RunStopped", "prepare", "train"]
 
@@ -112,6 +115,10 @@ def prepare(cfg: RunConfig, log=print, resume: str | None = None) -> Prepared:
         raise ConfigError(f"data.train: {len(rows['data.train'])} usable rows for rollout.num_workers = "
                           f"{cfg.rollout.num_workers}: every worker needs at least one")
     validate_rewards_config(cfg.rewards)
+    try:
+        check_wandb(cfg.logging)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     try:
         env_cls = resolve_environment(cfg.environment.name)
         env_cls.Params.model_validate(cfg.environment.params)
@@ -283,6 +290,7 @@ def _run(p: Prepared, run_dir: Path, teardown: Teardown, progress: dict[str, Any
     teardown.buffer = buffer = make_buffer(cfg, rollouts, dispatch)
     teardown.learner = learner = make_learner(cfg, teardown.weights_root, start_weights)
     pool = WorkerPool(cfg, buffer, learner, start_weights, start, teardown, log)
+    timeline = Timeline()  # where the time goes: trace.json and the summary's `timeline`
     t0 = time.time()
     if p.resume:
         try:
@@ -292,30 +300,35 @@ def _run(p: Prepared, run_dir: Path, teardown: Teardown, progress: dict[str, Any
         log(f"resuming from {p.resume} (step {start})")
     log("starting the learner and rollout worker(s) (vLLM engines)")
     pool.start()
+    timeline.mark("start learner and engines", t0)
     log(f"{len(pool.workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s"
         f" (weight sync: {pool.backend})")
     where = f" (copied to {run_dir / 'ray-logs'} at the end)" if teardown.private_ray else ""
     log(f"engine and worker logs: {ray_logs_dir()}{where}")
 
-    evals: list[dict[str, Any]] = []
-    if p.eval_rows:
-        t0 = time.time()
-        log(f"held-out eval {_at(start)} on {len(p.eval_rows)} rows")
-        evals.append(evaluate(pool, p.eval_rows, start, start))
-        log(f"held-out accuracy {_at(start)}: {describe_eval(evals[0])}  [{time.time() - t0:.1f}s]")
-        if cfg.eval.without_tools:
-            evals.append(evaluate(pool, p.eval_rows, start, start, without_tools=True))
-            log(f"held-out accuracy {_at(start)}, no tools: {describe_eval(evals[-1])}")
-    progress["step"] = start
-    steps = _loop(cfg, run_dir, buffer, learner, pool, p.eval_rows, evals, log, start, progress)
-    return _finish(cfg, p, run_dir, learner, buffer, pool, evals, steps, log)
+    with MetricsLog(cfg.logging, run_dir, cfg.model_dump(mode="json")) as metrics:
+        evals: list[dict[str, Any]] = []
+        if p.eval_rows:
+            t0 = time.time()
+            log(f"held-out eval {_at(start)} on {len(p.eval_rows)} rows")
+            evals.append(evaluate(pool, p.eval_rows, start, start))
+            log(f"held-out accuracy {_at(start)}: {describe_eval(evals[0])}  [{time.time() - t0:.1f}s]")
+            if cfg.eval.without_tools:
+                evals.append(evaluate(pool, p.eval_rows, start, start, without_tools=True))
+                log(f"held-out accuracy {_at(start)}, no tools: {describe_eval(evals[-1])}")
+            timeline.mark("eval", t0)
+            metrics.scalars({"eval/heldout_accuracy": evals[0]["accuracy"]}, start)
+        progress["step"] = start
+        steps = _loop(cfg, run_dir, buffer, learner, pool, p.eval_rows, evals, log, start, progress, timeline, metrics)
+        return _finish(cfg, p, run_dir, learner, buffer, pool, evals, steps, log, timeline, metrics)
 
 
 def _at(step: int) -> str:
     return "before RL" if step == 0 else f"at step {step} (resumed)"
 
 
-def _loop(cfg, run_dir, buffer, learner, pool, eval_rows, evals, log, start: int, progress) -> list[dict[str, Any]]:
+def _loop(cfg, run_dir, buffer, learner, pool, eval_rows, evals, log, start: int, progress, timeline: Timeline,
+          metrics: MetricsLog) -> list[dict[str, Any]]:
     import ray
     from tqdm import tqdm
 
@@ -325,27 +338,38 @@ def _loop(cfg, run_dir, buffer, learner, pool, eval_rows, evals, log, start: int
     bar = tqdm(total=cfg.learner.steps, initial=start, desc="RL steps", disable=not cfg.logging.progress_bar,
                dynamic_ncols=True)
     pool.run()
+    tokens = ray.get(buffer.stats.remote())["generated_tokens"]
+    timeline.add(*drain(pool, buffer))  # the engines' spans of the first eval
     try:
-        with (run_dir / "metrics.jsonl").open("w") as metrics_file:
+        with timeline.during("RL steps"):
             for step in range(start + 1, cfg.learner.steps + 1):
                 t_step = time.time()
                 pool.step = step
                 batch = buffer.get_batch.remote(cfg.learner.batch_groups, version, cfg.buffer.batch_timeout_s)
                 pool.wait(batch, version, learner_idle=True)  # a replaced worker rejoins only here
+                t_ready = time.time()
                 m = pool.get(learner.train_step.remote(batch), version, learner_idle=False)
                 t_sync = time.time()
                 version = m["version"]
                 pool.wait(learner.sync_weights.remote(version), version, learner_idle=False)
                 ray.get(buffer.set_version.remote(version))
+                t_end = time.time()
                 m.update(_step_metrics(buffer, pool, step, t_step, t_sync, run_start))
+                engine_spans, buffer_spans = drain(pool, buffer)
+                m.update(timeline.step(step, (t_step, t_ready, t_sync, t_end), engine_spans, buffer_spans,
+                                       m["rollout/generated_tokens"] - tokens))
+                tokens = m["rollout/generated_tokens"]
                 if eval_rows and cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.learner.steps:
+                    t0 = time.time()
                     rows = eval_rows[: cfg.eval.limit] if cfg.eval.limit else eval_rows
                     evals.append(evaluate(pool, rows, step, version))
                     m["eval/accuracy"] = evals[-1]["accuracy"]
+                    timeline.mark("eval", t0)
                 if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+                    t0 = time.time()
                     _checkpoint(cfg, learner, buffer, run_dir, step)
-                metrics_file.write(json.dumps(m) + "\n")
-                metrics_file.flush()
+                    timeline.mark("checkpoint", t0)
+                metrics.step(m)
                 steps.append(m)
                 progress["step"] = step
                 bar.update(1)
@@ -374,6 +398,7 @@ def _step_metrics(buffer, pool, step: int, t_step: float, t_sync: float, run_sta
         "weight_sync_seconds": now - t_sync,
         # since RL started: per-step deltas read 0 whenever the throttle held the workers
         "rollout/tokens_per_s": stats["generated_tokens"] / max(now - run_start, 1e-9),
+        "rollout/generated_tokens": stats["generated_tokens"],
         "rollout/failed_groups": stats["failed_groups"],
         "rollout/restarts": len(pool.restarts),
         "rollout/lost_groups": pool.lost_groups,
@@ -401,7 +426,8 @@ def _checkpoint(cfg: RunConfig, learner, buffer, run_dir: Path, step: int) -> Pa
     return checkpoints.write(run_dir / "checkpoints", step, fill, cfg.checkpoint.keep_last, before_rename=crash_here)
 
 
-def _finish(cfg, p: Prepared, run_dir, learner, buffer, pool, evals, steps, log) -> dict[str, Any]:
+def _finish(cfg, p: Prepared, run_dir, learner, buffer, pool, evals, steps, log, timeline: Timeline,
+            metrics: MetricsLog) -> dict[str, Any]:
     import ray
 
     rl_seconds = steps[-1]["elapsed_seconds"] if steps else 0.0
@@ -410,8 +436,11 @@ def _finish(cfg, p: Prepared, run_dir, learner, buffer, pool, evals, steps, log)
         before = evals[0]
         log(f"held-out eval after RL on {len(p.eval_rows)} rows")
         step = before["step"] + len(steps)
+        t0 = time.time()
         after = evaluate(pool, p.eval_rows, step, step)
+        timeline.mark("eval", t0)
         evals.append(after)
+        metrics.scalars({"eval/heldout_accuracy": after["accuracy"]}, step)
         summary.update({"heldout_before": before, "heldout_after": after, "lift": after["accuracy"] - before["accuracy"]})
         log(f"held-out accuracy {_at(before['step'])}: {describe_eval(before)}")
         log(f"held-out accuracy after  RL: {describe_eval(after)}")
@@ -426,7 +455,13 @@ def _finish(cfg, p: Prepared, run_dir, learner, buffer, pool, evals, steps, log)
         keys = ["step_seconds", "rollout/tokens_per_s", "learner/logp_mismatch", "buffer/staleness_mean"]
         summary["means"] = {k: sum(m[k] for m in steps) / len(steps) for k in keys}
         summary["plot"] = plot_run(steps, evals, run_dir / "progress.png")
-        log(f"plot: {summary['plot']}")
+        summary["timeline"] = timeline.summary()
+        for line in describe_timeline(summary["timeline"]):
+            log(line)
+    timeline.add(*drain(pool, buffer))
+    summary["trace"] = timeline.write_trace(run_dir / "trace.json")
+    tensorboard = f"; TensorBoard: tensorboard --logdir {run_dir.parent}" if cfg.logging.tensorboard else ""
+    log(f"plot: {run_dir / 'progress.png'}; timeline: {summary['trace']} (ui.perfetto.dev){tensorboard}")
     summary["buffer"] = ray.get(buffer.stats.remote())
     summary["restarts"] = [{k: v for k, v in r.items() if k != "died_at"} for r in pool.restarts]
     summary["lost_groups"] = pool.lost_groups
@@ -440,4 +475,5 @@ def _finish(cfg, p: Prepared, run_dir, learner, buffer, pool, evals, steps, log)
         summary["final_model"] = ray.get(learner.save_hf.remote(str(run_dir / "final_model")))
     (run_dir / "evals.json").write_text(json.dumps(evals, indent=1))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    metrics.summary(summary)
     return summary

@@ -38,6 +38,7 @@ def test_short_real_job(sync_job):
     # after weight syncs the engine still matches the learner: stale KV or a stale lm_head would show here
     assert max(m["learner/logp_mismatch"] for m in steps) < 1e-3
     assert (run_dir / "progress.png").stat().st_size > 1000
+    _check_timeline(run_dir, summary, steps)
     assert (run_dir / "final_model" / "config.json").exists()
     rollouts = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
     assert len(rollouts) >= 4 * 4 * 4
@@ -46,6 +47,7 @@ def test_short_real_job(sync_job):
     assert [e["step"] for e in evals] == [0, 2, 4] and evals[0]["n"] == 16 and evals[1]["n"] == 8
     assert "held-out accuracy before RL" in proc.stdout and "held-out accuracy after  RL" in proc.stdout
     assert f"run directory: {run_dir}" in proc.stdout  # absolute, at the start and at the end
+    assert "time per step" in proc.stdout and "of ideal" in proc.stdout and "trace.json" in proc.stdout
     # new segments no live process uses are this run's leftovers (other runs' live engines may share the machine)
     new = {os.path.join("/dev/shm", n) for n in _psm_segments() - shm_before}
     assert not new - in_use(new), "vLLM shared memory left behind"
@@ -56,6 +58,33 @@ def test_short_real_job(sync_job):
         assert json.loads((ckpt / "checkpoint.json").read_text())["version"] == step
         assert {"config.json", "model.safetensors", "learner_state.pt", "buffer.json"} <= {p.name for p in ckpt.iterdir()}
     assert not list((run_dir / "checkpoints").glob(".*")), "a temporary checkpoint folder left behind"
+
+
+def _check_timeline(run_dir, summary, steps):
+    """Where the time went: per-step `time/*` metrics, the summary's fractions, trace.json, TensorBoard."""
+    for m in steps:
+        parts = m["time/learner_wait_s"] + m["time/learner_compute_s"] + m["time/weight_sync_s"]
+        engine = m["time/engine0_busy_s"] + m["time/engine0_paused_s"] + m["time/engine0_idle_s"]
+        assert parts > 0 and abs(engine - parts) < 1e-6  # an engine's states fill the step's window exactly
+        assert m["time/engine0_paused_s"] > 0  # every step pauses the engine for its weight sync
+    tl = summary["timeline"]
+    assert tl["steps"] == 4 and 0 < tl["learner"]["idle_frac"] < 1 and tl["gen_s"] > 0 and tl["train_s"] > 0
+    assert abs(sum(tl["engine"][k] for k in ("busy_frac", "paused_frac", "idle_frac")) - 1) < 1e-6
+    assert tl["ideal_speedup"] >= 1 and tl["overlap_of_ideal"] > 0
+    trace = json.loads((run_dir / "trace.json").read_text())
+    xs = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert all(isinstance(e["ts"], float | int) and e["dur"] >= 0 and {"pid", "tid", "name"} <= set(e) for e in xs)
+    names = {e["name"] for e in xs}
+    assert {"start learner and engines", "RL steps", "eval", "checkpoint", "busy", "paused", "train (step 4)",
+            "weight sync (step 4)"} <= names
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = run_dir.glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("reward/mean")] == [1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("eval/heldout_accuracy")] == [0, 4]
+    assert "time/learner_wait_s" in acc.Tags()["scalars"]
 
 
 def test_resume_rejects_a_folder_that_is_not_a_checkpoint(tmp_path, demo_assets):

@@ -144,3 +144,28 @@ def test_a_dead_engine_ends_the_loop_and_keeps_its_groups_in_flight_for_a_replac
     assert 1 <= stats["added"] <= 3 and stats["failed_groups"] == 0
     # every group it took and did not put (failed in the engine, or cancelled mid-scoring) is handed back
     assert lost["lost"] == stats["started"] - stats["added"] > 0
+
+
+class PausingEngine(FakeEngine):
+    async def weights_start(self):
+        pass
+
+    async def weights_finish(self, version):
+        self.version = version
+
+
+def test_worker_records_busy_eval_and_paused_spans(demo_assets):
+    """What the driver's timeline drains each step: generating (busy), evaluating, paused for weights."""
+    async def main():
+        worker, rows = make_worker(demo_assets, None)
+        worker.engine = PausingEngine(worker.engine.tokenizer, worker.engine.answers)
+        await worker.evaluate(rows[:2])
+        await worker.rollout_group("g0", rows[0])
+        await worker.weights_start()
+        await worker.weights_finish(4)
+        worker.scorer.close()
+        return worker.drain_spans(), worker.drain_spans()
+
+    spans, again = asyncio.run(main())
+    assert {s.name for s in spans} == {"eval", "busy", "paused"}
+    assert all(s.end > s.start for s in spans) and again == []

@@ -1,0 +1,89 @@
+"""The step timeline's arithmetic (temper/timeline.py) on hand-made spans, and its trace file's format."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from temper.rollout.activity import Span
+from temper.timeline import Timeline, describe, step_times, summarize
+
+
+def two_steps():
+    """Step 1: [0, 3.5]: the learner waits 1 s, trains 2 s, syncs 0.5 s; engine 0 busy [-1, 1] (1 s inside the
+    window), paused [3, 3.5], busy again [3.5, 3.8] (after the window: not this step's).
+    Step 2: [4, 7]: waits 0.5 s, trains 2 s, syncs 0.5 s; engine 0 busy [3.8, 5] (1 s inside), paused [6.5, 7].
+    The buffer's producers are held by the throttle over [2, 10]: 1.5 s of step 1, all 3 s of step 2."""
+    throttle = [Span("throttle", 2, 10)]
+    s1 = step_times(1, (0, 1, 3, 3.5), {0: [Span("busy", -1, 1), Span("paused", 3, 3.5), Span("busy", 3.5, 3.8)]},
+                    throttle, tokens=100)
+    s2 = step_times(2, (4, 4.5, 6.5, 7), {0: [Span("busy", 3.8, 5), Span("paused", 6.5, 7)]}, throttle, tokens=300)
+    return s1, s2
+
+
+def test_step_metrics_add_up_to_the_step():
+    s1, _ = two_steps()
+    m = s1.metrics()
+    assert m["time/learner_wait_s"] == 1 and m["time/learner_compute_s"] == 2 and m["time/weight_sync_s"] == 0.5
+    assert m["time/engine0_busy_s"] == 1 and m["time/engine0_paused_s"] == 0.5
+    assert m["time/engine0_idle_s"] == 2  # 3.5 - 1 - 0.5
+    assert m["time/buffer_throttle_s"] == 1.5 and m["time/buffer_waiting_for_groups_s"] == 0
+    assert m["time/gen_tokens_per_s"] == pytest.approx(100 / 3.5)
+
+
+def test_summary_fractions_and_overlap_by_hand():
+    s = summarize(list(two_steps()))
+    # window 6.5 s; learner waits 1.5, trains 4, syncs 1; engine busy 2, paused 1, idle 3.5
+    assert s["seconds"] == 6.5 and s["step_s"] == 3.25
+    assert s["learner"]["idle_frac"] == pytest.approx(1.5 / 6.5)
+    assert s["engine"]["busy_frac"] == pytest.approx(2 / 6.5)
+    assert s["engine"]["paused_frac"] == pytest.approx(1 / 6.5)
+    assert s["engine"]["idle_frac"] == pytest.approx(3.5 / 6.5)
+    # G = 2 s busy / 2 steps = 1; T = (4 + 1) / 2 = 2.5; ideal (1 + 2.5) / 2.5 = 1.4; achieved 3.5 / 3.25
+    assert s["gen_s"] == 1 and s["train_s"] == 2.5
+    assert s["ideal_speedup"] == pytest.approx(1.4)
+    assert s["achieved_speedup"] == pytest.approx(3.5 / 3.25)
+    assert s["overlap_of_ideal"] == pytest.approx(2.5 / 3.25)
+    assert s["tokens_per_engine_busy_s"] == 200 and s["tokens_per_s"] == pytest.approx(400 / 6.5)
+    assert s["buffer_wait_s"]["throttle"] == 4.5
+    assert len(describe(s)) == 2 and "1.40x" in describe(s)[1]
+
+
+def test_perfect_overlap_reaches_the_ideal():
+    """Generation (1 s a batch) hidden entirely behind training (1 s): a step takes max(G, T) = 1 s."""
+    steps = [step_times(k, (k, k, k + 1, k + 1), {0: [Span("busy", k, k + 1)]}, [], 10) for k in range(3)]
+    s = summarize(steps)
+    assert s["ideal_speedup"] == 2 and s["achieved_speedup"] == 2 and s["overlap_of_ideal"] == 1
+    assert s["learner"]["idle_frac"] == 0 and s["engine"]["idle_frac"] == 0
+
+
+def test_sync_mode_achieves_no_overlap():
+    """Generate 1 s, then train 2 s: a step is G + T, which is 1.0x whatever the ideal."""
+    steps = [step_times(k, (3 * k, 3 * k + 1, 3 * k + 3, 3 * k + 3), {0: [Span("busy", 3 * k, 3 * k + 1)]}, [], 10)
+             for k in range(2)]
+    s = summarize(steps)
+    assert s["achieved_speedup"] == 1 and s["ideal_speedup"] == 1.5
+    assert s["engine"]["idle_frac"] == pytest.approx(2 / 3)
+
+
+def test_trace_is_chrome_trace_event_format(tmp_path):
+    tl = Timeline(origin=100.0)
+    tl.mark("start learner and engines", 100.0, 101.0)
+    with tl.during("RL steps"):
+        tl.step(1, (101.0, 101.5, 102.0, 102.25), {0: [Span("busy", 101.0, 101.5)], 1: [Span("paused", 102.0, 102.2)]},
+                [Span("waiting_for_groups", 101.0, 101.5)], tokens=50)
+    path = tl.write_trace(tmp_path / "trace.json")
+    events = json.loads(Path(path).read_text())["traceEvents"]
+    xs = [e for e in events if e["ph"] == "X"]
+    for e in xs:
+        assert {"name", "ts", "dur", "pid", "tid"} <= set(e) and e["dur"] >= 0
+    by_name = {e["name"]: e for e in xs}
+    assert by_name["wait for batch (step 1)"]["ts"] == 1e6 and by_name["wait for batch (step 1)"]["dur"] == 5e5
+    assert by_name["weight sync (step 1)"]["dur"] == 2.5e5
+    assert by_name["start learner and engines"]["ts"] == 0
+    # engines are threads of one rollout process; the learner and buffer are processes of their own
+    assert {e["tid"] for e in xs if e["cat"] == "engine"} == {0, 1}
+    assert len({e["pid"] for e in xs}) == 3
+    names = {e["args"]["name"] for e in events if e["ph"] == "M" and "name" in e.get("args", {})}
+    assert {"learner (driver)", "replay buffer", "rollout engines", "engine 0", "engine 1"} <= names
+    assert next(e for e in events if e["ph"] == "C")["args"]["tok/s"] == 40.0  # 50 tokens in 1.25 s
