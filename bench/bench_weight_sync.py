@@ -5,7 +5,8 @@ on this machine (tests/two_node_cluster.py: each node its own raylet and object 
 actor sits on the head node, one rollout worker with its vLLM engine on the second node, both made by
 temper/actors.py as in a job. For each backend the learner pushes its weights into the engine `--repeats`
 times through `Learner.sync_weights` (the whole round trip: gather, serialize, transfer, the engine's
-load, version bump); reported: the median seconds, scaled to 100 MB of weights.
+load, version bump); reported: the median seconds, scaled to 100 MB of weights, and each against a plain
+memcpy of the same bytes in one process (the physical floor on this machine).
 
     shm   safetensors files in /dev/shm, loaded by the engine (valid here: both nodes are one machine)
     ray   each bucket put into the head's object store, pulled by the worker to the second node's store,
@@ -33,6 +34,20 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def memcpy_seconds(nbytes: int, repeats: int) -> float:
+    """Median seconds to copy nbytes between two preallocated buffers (touched first, so no page faults)."""
+    import torch
+
+    src, dst = torch.ones(nbytes, dtype=torch.uint8), torch.zeros(nbytes, dtype=torch.uint8)
+    dst.copy_(src)
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)
 
 
 def main() -> None:
@@ -83,6 +98,10 @@ def main() -> None:
             print(f"{backend}: {mb:.0f} MB in {results[backend]:.2f} s median of {args.repeats} "
                   f"({[round(s, 2) for s in seconds]}) -> {results[backend] * 100 / mb:.2f} s per 100 MB", flush=True)
         print(f"ratio ray / shm (baseline, same run): {results['ray'] / results['shm']:.2f}x", flush=True)
+        floor = memcpy_seconds(int(mb * 1e6), args.repeats)
+        print(f"memcpy of the same {mb:.0f} MB in this process (the physical floor): {floor:.3f} s median -> "
+              f"{floor * 100 / mb:.3f} s per 100 MB; shm {results['shm'] / floor:.0f}x it, ray "
+              f"{results['ray'] / floor:.0f}x it", flush=True)
         ray.get([w.shutdown.remote() for w in workers] + [learner.cleanup.remote()])
     finally:
         cluster.stdin.close()
