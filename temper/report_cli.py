@@ -42,6 +42,11 @@ class Run:
         return self.path.name + mode
 
     @property
+    def mode(self) -> str:
+        staleness = self.config.get("buffer", {}).get("max_staleness")
+        return "" if staleness is None else "sync" if staleness == 0 else f"async, staleness {staleness}"
+
+    @property
     def heldout(self) -> list[dict[str, Any]]:
         return [e for e in self.evals if not e.get("without_tools")]
 
@@ -179,6 +184,7 @@ def plot(runs: list[Run], out: str | Path) -> str:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     (by_step, by_time), (held, split) = axes
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = short_labels(runs)
     for j, run in enumerate(runs):
         c = colours[j % len(colours)]
         k = max(1, len(run.steps) // 20)
@@ -186,13 +192,13 @@ def plot(runs: list[Run], out: str | Path) -> str:
         ts = [m.get("elapsed_seconds", 0.0) for m in run.steps]
         for key, style, what in (("reward/mean", "-", "reward"), ("reward/accuracy", "--", "batch accuracy")):
             ys = [m.get(key, math.nan) for m in run.steps]
-            by_step.plot(xs, smooth(ys, k), style, color=c, lw=1.2, label=f"{run.label}: {what}")
+            by_step.plot(xs, smooth(ys, k), style, color=c, lw=1.2, label=f"{names[j]}: {what}")
             by_time.plot(ts, smooth(ys, k), style, color=c, lw=1.2)
         ev = run.heldout
         if ev:
             held.errorbar([e["step"] for e in ev], [e["accuracy"] for e in ev], color=c, marker="o", capsize=3,
                           yerr=[[e["accuracy"] - e["ci_low"] for e in ev], [e["ci_high"] - e["accuracy"] for e in ev]],
-                          label=run.label)
+                          label=names[j])
     for ax, xlabel, title in ((by_step, "step", "training batches (solid: reward, dashed: accuracy)"),
                               (by_time, "seconds of RL", "the same by wall time"),
                               (held, "step", "held-out accuracy (greedy, 95% CI)")):
@@ -202,32 +208,40 @@ def plot(runs: list[Run], out: str | Path) -> str:
     by_step.legend(fontsize=7)
     if any(r.heldout for r in runs):
         held.legend(fontsize=7)
-    _plot_split(split, runs)
+    _plot_split(split, runs, names)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return str(out)
 
 
-def _plot_split(ax, runs: list[Run]) -> None:
+def short_labels(runs: list[Run]) -> list[str]:
+    """What tells the runs apart in a picture: their modes when those differ, else their folder names."""
+    modes = [r.mode for r in runs]
+    if all(modes) and len(set(modes)) == len(runs):
+        return modes
+    return [r.path.name + (f" ({m})" if m else "") for r, m in zip(runs, modes, strict=True)]
+
+
+def _plot_split(ax, runs: list[Run], names: list[str]) -> None:
     """Mean seconds per step, split into the learner's wait / train / weight sync (runs that have them)."""
     parts = (("time/learner_wait_s", "learner waits for a batch"), ("time/learner_compute_s", "learner trains"),
              ("time/weight_sync_s", "weight sync"))
-    labels = [r.label for r in runs]
+    labels = []
+    for name, run in zip(names, runs, strict=True):
+        tl = run.summary.get("timeline")
+        labels.append(f"{name}\nengines idle {tl['engine']['idle_frac']:.0%}\n{tl['overlap_of_ideal']:.0%} of ideal "
+                      "overlap" if tl else name)
     left = [0.0] * len(runs)
     for key, name in parts:
         widths = [sum(m.get(key, 0.0) for m in r.steps) / max(len(r.steps), 1) for r in runs]
         ax.barh(labels, widths, left=left, label=name)
         left = [a + b for a, b in zip(left, widths, strict=True)]
-    for y, run in enumerate(runs):
-        tl = run.summary.get("timeline")
-        if tl:
-            ax.text(left[y], y, f"  engines idle {tl['engine']['idle_frac']:.0%}, "
-                                f"{tl['overlap_of_ideal']:.0%} of ideal overlap", va="center", fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
     ax.set_xlabel("seconds per step (mean)")
     ax.set_title("where each step's time went", fontsize=10)
-    ax.set_xlim(0, max(left + [1e-3]) * 1.8)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlim(0, max(left + [1e-3]) * 1.05)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
 
 
 def main(argv: list[str]) -> int:

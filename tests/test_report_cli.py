@@ -10,7 +10,7 @@ from conftest import REPO
 
 from temper.cli import main
 from temper.report import wilson_interval
-from temper.report_cli import lift_interval, load_run, mean_interval, smooth, table
+from temper.report_cli import lift_interval, load_run, mean_interval, short_labels, smooth, table
 
 
 def eval_rec(step, correct, n):
@@ -74,6 +74,12 @@ def test_several_runs_side_by_side(tmp_path, capsys, monkeypatch):
     assert out_png.stat().st_size > 10_000
     text = table([load_run(r) for r in runs])
     assert text.count("\n") >= 10 and "lift (points)" in text
+
+
+def test_picture_labels_are_the_modes_when_they_tell_runs_apart(tmp_path):
+    sync, fast, slow = (fake_run(tmp_path, n, s, 1.0, 40) for n, s in (("r0", 0), ("r1", 1), ("r2", 1)))
+    assert short_labels([load_run(sync), load_run(fast)]) == ["sync", "async, staleness 1"]
+    assert short_labels([load_run(fast), load_run(slow)]) == ["r1 (async, staleness 1)", "r2 (async, staleness 1)"]
 
 
 def test_a_folder_that_is_not_a_run(tmp_path, capsys):
