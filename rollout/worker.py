@@ -14,6 +14,7 @@ makes it a Ray actor.
 from __future__ import annotations
 
 import asyncio
+import time
 import traceback
 from typing import Any, Protocol
 
@@ -52,19 +53,24 @@ class RolloutWorker:
         # The engine's busy / eval / paused-for-weights spans, drained by the driver each step (timeline).
         self.activity = Activity(exclusive=("paused",))
 
-    async def start(self, model_path: str | None = None, version: int = 0) -> None:
+    async def start(self, model_path: str | None = None, version: int = 0) -> dict[str, float]:
         """Build the engine, the environment and the scoring pool (slow: call once). model_path/version:
-        the weights to start from (default model.path as version 0; a checkpoint when resuming)."""
+        the weights to start from (default model.path as version 0; a checkpoint when resuming). Returns
+        where the time went: importing vLLM, the engine (its processes, the model load, the KV cache), the rest."""
+        t0 = time.perf_counter()
         from temper.rewards.pool import RewardScorer
         from temper.rollout.engine import Engine
 
+        t_import = time.perf_counter()
         cfg = self.cfg
         self.engine = Engine(
             model_path or cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype,
             cfg.seed + 1000 * self.index + version, weight_sync=cfg.weight_sync.backend,
         )
         await self.engine.init(version)
+        t_engine = time.perf_counter()
         self.attach(self.engine, RewardScorer(cfg.rewards))
+        return {"import_s": t_import - t0, "engine_s": t_engine - t_import, "rest_s": time.perf_counter() - t_engine}
 
     def attach(self, engine: Any, scorer: Any) -> None:
         """Use this engine and scoring pool (tests share one engine across many workers this way)."""

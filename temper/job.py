@@ -234,7 +234,9 @@ def train(cfg: RunConfig, log=print, resume: str | None = None, prepared: Prepar
     teardown = Teardown()
     progress: dict[str, Any] = {"step": None}
     try:
+        t_ray = time.time()
         private = connect_ray(cfg, teardown, log)
+        progress["ray_s"] = time.time() - t_ray
         try:
             resources.check(cfg, private, log=log)
         except RuntimeError as e:
@@ -303,6 +305,8 @@ def _run(p: Prepared, run_dir: Path, teardown: Teardown, progress: dict[str, Any
     timeline.mark("start learner and engines", t0)
     log(f"{len(pool.workers)} rollout worker(s) with vLLM engines and the learner up in {time.time() - t0:.1f}s"
         f" (weight sync: {pool.backend})")
+    pool.startup["ray_s"] = progress.get("ray_s")
+    log(describe_startup(pool.startup))
     where = f" (copied to {run_dir / 'ray-logs'} at the end)" if teardown.private_ray else ""
     log(f"engine and worker logs: {ray_logs_dir()}{where}")
 
@@ -317,10 +321,27 @@ def _run(p: Prepared, run_dir: Path, teardown: Teardown, progress: dict[str, Any
                 evals.append(evaluate(pool, p.eval_rows, start, start, without_tools=True))
                 log(f"held-out accuracy {_at(start)}, no tools: {describe_eval(evals[-1])}")
             timeline.mark("eval", t0)
+            pool.startup["first_eval_s"] = time.time() - t0
             metrics.scalars({"eval/heldout_accuracy": evals[0]["accuracy"]}, start)
         progress["step"] = start
         steps = _loop(cfg, run_dir, buffer, learner, pool, p.eval_rows, evals, log, start, progress, timeline, metrics)
         return _finish(cfg, p, run_dir, learner, buffer, pool, evals, steps, log, timeline, metrics)
+
+
+def describe_startup(startup: dict[str, Any]) -> str:
+    """One line: where the time to the first step went (the learner and the engines start in parallel)."""
+    engines = startup.get("engines") or []
+    parts = ""
+    if engines:
+        def slowest(key: str) -> float:
+            return max(e.get(key, 0.0) for e in engines)
+
+        parts = (f" (importing vLLM {slowest('import_s'):.1f}s, engine processes + model load + KV cache "
+                 f"{slowest('engine_s'):.1f}s, scoring pool {slowest('rest_s'):.1f}s)")
+    ray_s = startup.get("ray_s")
+    return (f"start-up: Ray {ray_s:.1f}s" if ray_s is not None else "start-up:") + (
+        f"; then in parallel the learner {startup['learner_s']:.1f}s and the engine(s) "
+        f"{max(startup['workers_s'], default=0.0):.1f}s{parts}; weight-sync handshake {startup['handshake_s']:.1f}s")
 
 
 def _at(step: int) -> str:
@@ -462,6 +483,7 @@ def _finish(cfg, p: Prepared, run_dir, learner, buffer, pool, evals, steps, log,
     summary["trace"] = timeline.write_trace(run_dir / "trace.json")
     tensorboard = f"; TensorBoard: tensorboard --logdir {run_dir.parent}" if cfg.logging.tensorboard else ""
     log(f"plot: {run_dir / 'progress.png'}; timeline: {summary['trace']} (ui.perfetto.dev){tensorboard}")
+    summary["startup"] = pool.startup
     summary["buffer"] = ray.get(buffer.stats.remote())
     summary["restarts"] = [{k: v for k, v in r.items() if k != "died_at"} for r in pool.restarts]
     summary["lost_groups"] = pool.lost_groups

@@ -59,6 +59,7 @@ class WorkerPool:
         self.restarts: list[dict[str, Any]] = []
         self.step = start_version  # for log lines and the restart records
         self.backend = cfg.weight_sync.backend  # "auto" on CPU is decided by the handshake (start)
+        self.startup: dict[str, Any] = {}
 
     def _new_actor(self, i: int) -> Any:
         actor = make_worker(self.cfg, i, self.buffer)
@@ -75,17 +76,22 @@ class WorkerPool:
         refs = [w.start.remote(self.start_weights, self.start_version) for w in self.workers]
         refs.append(self.learner.prepare_sync.remote())
         t0, note = time.monotonic(), time.monotonic() + NOTE_EVERY_S
-        pending = list(refs)
+        pending, up_at = list(refs), {}
         while pending:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+            up_at.update({r: time.monotonic() - t0 for r in ready})
             if pending and time.monotonic() > note:  # e.g. other jobs hold the resources this run needs
                 free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
                 self.log(f"still starting after {time.monotonic() - t0:.0f}s: {len(pending)} of {len(refs)} actors "
                          f"not up (free in the cluster now: {free or 'no CPUs or GPUs'})")
                 note += NOTE_EVERY_S
-        ray.get(refs)  # raises the first start failure
+        *engines, _ = ray.get(refs)  # raises the first start failure
         self.teardown.engines_up.extend(self.workers)
+        t1 = time.monotonic()
         self.backend = ray.get(self.learner.connect_engines.remote(RayEngines(self.workers), len(self.workers)))
+        # Where start-up went (the learner and the engines start in parallel; summary.json "startup").
+        self.startup = {"learner_s": up_at[refs[-1]], "workers_s": [up_at[r] for r in refs[:-1]],
+                        "engines": engines, "handshake_s": time.monotonic() - t1}
 
     def run(self) -> None:
         self.running = True

@@ -87,3 +87,14 @@ def test_trace_is_chrome_trace_event_format(tmp_path):
     names = {e["args"]["name"] for e in events if e["ph"] == "M" and "name" in e.get("args", {})}
     assert {"learner (driver)", "replay buffer", "rollout engines", "engine 0", "engine 1"} <= names
     assert next(e for e in events if e["ph"] == "C")["args"]["tok/s"] == 40.0  # 50 tokens in 1.25 s
+
+
+def test_startup_line_names_the_slowest_engine_of_each_phase():
+    from temper.job import describe_startup
+
+    startup = {"ray_s": 3.04, "learner_s": 12.0, "workers_s": [20.0, 25.0], "handshake_s": 0.5,
+               "engines": [{"import_s": 8.0, "engine_s": 11.0, "rest_s": 1.0},
+                           {"import_s": 9.0, "engine_s": 10.0, "rest_s": 6.0}]}
+    assert describe_startup(startup) == (
+        "start-up: Ray 3.0s; then in parallel the learner 12.0s and the engine(s) 25.0s (importing vLLM 9.0s, "
+        "engine processes + model load + KV cache 11.0s, scoring pool 6.0s); weight-sync handshake 0.5s")

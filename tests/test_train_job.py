@@ -48,6 +48,12 @@ def test_short_real_job(sync_job):
     assert "held-out accuracy before RL" in proc.stdout and "held-out accuracy after  RL" in proc.stdout
     assert f"run directory: {run_dir}" in proc.stdout  # absolute, at the start and at the end
     assert "time per step" in proc.stdout and "of ideal" in proc.stdout and "trace.json" in proc.stdout
+    assert "start-up: Ray" in proc.stdout
+    startup = summary["startup"]
+    assert startup["learner_s"] > 0 and len(startup["workers_s"]) == 1 and startup["first_eval_s"] > 0
+    assert set(startup["engines"][0]) == {"import_s", "engine_s", "rest_s"}
+    # the engine's own phases happen inside its actor's start, which the driver times from outside
+    assert sum(startup["engines"][0].values()) <= startup["workers_s"][0]
     # new segments no live process uses are this run's leftovers (other runs' live engines may share the machine)
     new = {os.path.join("/dev/shm", n) for n in _psm_segments() - shm_before}
     assert not new - in_use(new), "vLLM shared memory left behind"
