@@ -58,6 +58,8 @@ class RolloutWorker:
         the weights to start from (default model.path as version 0; a checkpoint when resuming). Returns
         where the time went: importing vLLM, the engine (its processes, the model load, the KV cache), the rest."""
         t0 = time.perf_counter()
+        import vllm.v1.engine.async_llm  # noqa: F401 - timed on its own: the engine imports it anyway
+
         from temper.rewards.pool import RewardScorer
         from temper.rollout.engine import Engine
 
