@@ -47,7 +47,7 @@ from temper.metrics_log import MetricsLog, check_wandb
 from temper.report import describe_eval, eval_record, plot_run
 from temper.runs import new_run_dir, runs_base
 from temper.stops import RunError, RunStopped, describe
-from temper.timeline import Timeline, drain
+from temper.timeline import Timeline, describe_startup, drain
 from temper.timeline import describe as describe_timeline
 
 __all__ = ["ConfigError", "Prepared", "RunError", "RunStopped", "prepare", "train"]
@@ -326,22 +326,6 @@ def _run(p: Prepared, run_dir: Path, teardown: Teardown, progress: dict[str, Any
         progress["step"] = start
         steps = _loop(cfg, run_dir, buffer, learner, pool, p.eval_rows, evals, log, start, progress, timeline, metrics)
         return _finish(cfg, p, run_dir, learner, buffer, pool, evals, steps, log, timeline, metrics)
-
-
-def describe_startup(startup: dict[str, Any]) -> str:
-    """One line: where the time to the first step went (the learner and the engines start in parallel)."""
-    engines = startup.get("engines") or []
-    parts = ""
-    if engines:
-        def slowest(key: str) -> float:
-            return max(e.get(key, 0.0) for e in engines)
-
-        parts = (f" (importing vLLM {slowest('import_s'):.1f}s, engine processes + model load + KV cache "
-                 f"{slowest('engine_s'):.1f}s, scoring pool {slowest('rest_s'):.1f}s)")
-    ray_s = startup.get("ray_s")
-    return (f"start-up: Ray {ray_s:.1f}s" if ray_s is not None else "start-up:") + (
-        f"; then in parallel the learner {startup['learner_s']:.1f}s and the engine(s) "
-        f"{max(startup['workers_s'], default=0.0):.1f}s{parts}; weight-sync handshake {startup['handshake_s']:.1f}s")
 
 
 def _at(step: int) -> str:

@@ -250,3 +250,19 @@ def drain(pool: Any, buffer: Any) -> tuple[dict[int, list[Span]], list[Span]]:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             engines[i] = []
     return engines, buffer_spans
+
+
+def describe_startup(startup: dict[str, Any]) -> str:
+    """One line: where the time to the first step went (the learner and the engines start in parallel)."""
+    engines = startup.get("engines") or []
+    parts = ""
+    if engines:
+        def slowest(key: str) -> float:
+            return max(e.get(key, 0.0) for e in engines)
+
+        parts = (f" (importing vLLM {slowest('import_s'):.1f}s, engine processes + model load + KV cache "
+                 f"{slowest('engine_s'):.1f}s, scoring pool {slowest('rest_s'):.1f}s)")
+    ray_s = startup.get("ray_s")
+    return (f"start-up: Ray {ray_s:.1f}s" if ray_s is not None else "start-up:") + (
+        f"; then in parallel the learner {startup['learner_s']:.1f}s and the engine(s) "
+        f"{max(startup['workers_s'], default=0.0):.1f}s{parts}; weight-sync handshake {startup['handshake_s']:.1f}s")

@@ -90,7 +90,7 @@ def test_trace_is_chrome_trace_event_format(tmp_path):
 
 
 def test_startup_line_names_the_slowest_engine_of_each_phase():
-    from temper.job import describe_startup
+    from temper.timeline import describe_startup
 
     startup = {"ray_s": 3.04, "learner_s": 12.0, "workers_s": [20.0, 25.0], "handshake_s": 0.5,
                "engines": [{"import_s": 8.0, "engine_s": 11.0, "rest_s": 1.0},
