@@ -62,7 +62,7 @@ class EngineClock:
     def __getattr__(self, name: str) -> Any:  # everything else (shutdown, version...) is the engine's
         return getattr(self.engine, name)
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         now = time.perf_counter()
         if self.in_flight == 0:
             self.idle_s += now - self._since
@@ -70,16 +70,16 @@ class EngineClock:
         self._since = now
 
     def reset(self) -> None:
-        self._tick()
+        self.tick()
         self.idle_s = self.request_s = 0.0
 
     async def generate(self, *args: Any, **kwargs: Any):
-        self._tick()
+        self.tick()
         self.in_flight += 1
         try:
             return await self.engine.generate(*args, **kwargs)
         finally:
-            self._tick()
+            self.tick()
             self.in_flight -= 1
 
 
@@ -94,7 +94,7 @@ async def one_mode(worker, clock: EngineClock, env, rows: list[dict], concurrenc
     t0 = time.perf_counter()
     groups = await asyncio.gather(*(group(i, r) for i, r in enumerate(rows)))
     seconds = time.perf_counter() - t0
-    clock._tick()
+    clock.tick()
     samples = [s for g in groups for s in g.samples]
     sampled = sum(sum(s.loss_mask) for s in samples)
     return {

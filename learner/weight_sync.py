@@ -116,6 +116,16 @@ class LearnerWeights(WeightSource):
         if bucket:
             yield bucket
 
+    def cpu_buckets(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The buckets as name -> contiguous CPU tensor, what safetensors serialises."""
+        for bucket in self.buckets():
+            yield {name: t.to("cpu").contiguous() for name, t in bucket}
+
+    def join_gathers(self) -> None:
+        """A rank that does not send still takes part in every bucket's gather (each is a collective)."""
+        for _ in self.buckets():
+            pass
+
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for bucket in self.buckets():
             yield from bucket
@@ -157,15 +167,14 @@ class ShmTrainerEngine(TrainerWeightTransferEngine[ShmTrainerInitInfo]):
         out = self.root / f"send-{self.sent}"
         tmp = self.root / f".send-{self.sent}.tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        for k, bucket in enumerate(self.source.buckets()):
-            save_file({name: t.to("cpu").contiguous() for name, t in bucket}, str(tmp / f"model-{k:05d}.safetensors"))
+        for k, tensors in enumerate(self.source.cpu_buckets()):
+            save_file(tensors, str(tmp / f"model-{k:05d}.safetensors"))
         tmp.rename(out)
         return out
 
     def send_weights(self) -> None:
-        if not self.is_sender:  # only join the gathers
-            for _ in self.source.buckets():
-                pass
+        if not self.is_sender:
+            self.source.join_gathers()
             return
         path = self.write()
         self.client.start_weight_update()
@@ -210,13 +219,12 @@ class RayTrainerEngine(TrainerWeightTransferEngine[RayTrainerInitInfo]):
         import ray
         from safetensors.torch import save
 
-        if not self.is_sender:  # only join the gathers
-            for _ in self.source.buckets():
-                pass
+        if not self.is_sender:
+            self.source.join_gathers()
             return
         self.client.start_weight_update()
-        for bucket in self.source.buckets():
-            ref = ray.put(save({name: t.to("cpu").contiguous() for name, t in bucket}))
+        for tensors in self.source.cpu_buckets():
+            ref = ray.put(save(tensors))
             self.client.update_weights({"object_ref": ref})
             del ref  # freed once every engine has loaded it
         self.client.finish_weight_update()

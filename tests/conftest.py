@@ -36,6 +36,16 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
+def our_shm(before: set[str], prefixes: tuple[str, ...] | None = None) -> set[str]:
+    """Segments a run left in /dev/shm (other runs on this machine may add theirs meanwhile: only names that
+    appeared since `before`, start with one of `prefixes` (default: vLLM's and multiprocessing's) and that no
+    live process uses count)."""
+    from temper.cleanup import SHM_PREFIXES, in_use, shm_names
+
+    new = {os.path.join("/dev/shm", n) for n in shm_names() - before if n.startswith(prefixes or SHM_PREFIXES)}
+    return {os.path.basename(p) for p in new - in_use(new)}
+
+
 def tiny_overrides(demo: DemoConfig, run_dir: Path) -> list[str]:
     """KEY=VALUE overrides that shrink any demo-based recipe to a seconds-long real job."""
     sets = [

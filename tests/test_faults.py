@@ -4,7 +4,6 @@ at each phase. Each job is as short as the tiny model allows; assertions share r
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,11 +12,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, VENV_BIN, job_env, sync_job_args, tiny_job_overrides
+from conftest import REPO, VENV_BIN, job_env, our_shm, sync_job_args, tiny_job_overrides
 
 from temper.cleanup import remove_orphaned_shm, shm_names
-
-SHM_PREFIXES = ("psm_", "sem.mp-")
 
 
 def temper_train(tmp_path, demo_assets, *sets: str, extra: tuple[str, ...] = ()) -> list[str]:
@@ -33,15 +30,6 @@ def run_dirs(tmp_path) -> list[Path]:
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def our_shm(before: set[str]) -> set[str]:
-    """Segments and folders a run left in /dev/shm (other runs on this machine may add theirs meanwhile:
-    only names that appeared since `before` and that no live process uses count)."""
-    from temper.cleanup import in_use
-
-    new = {os.path.join("/dev/shm", n) for n in shm_names() - before if n.startswith(SHM_PREFIXES)}
-    return {os.path.basename(p) for p in new - in_use(new)}
 
 
 def tree(pid: int) -> list[psutil.Process]:

@@ -3,20 +3,13 @@ weight sync, eval, metrics, plot, checkpoints — 4 sync-mode steps on the tiny 
 same under `ray job submit`. Faults, resume and cleanup are in test_faults.py."""
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, VENV_BIN, tiny_job_overrides
-
-from temper.cleanup import in_use
+from conftest import REPO, VENV_BIN, our_shm, tiny_job_overrides
 
 pytestmark = pytest.mark.slow
-
-
-def _psm_segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")} if os.path.isdir("/dev/shm") else set()
 
 
 def test_short_real_job(sync_job):
@@ -54,9 +47,7 @@ def test_short_real_job(sync_job):
     assert set(startup["engines"][0]) == {"import_s", "engine_s", "rest_s"}
     # the engine's own phases happen inside its actor's start, which the driver times from outside
     assert sum(startup["engines"][0].values()) <= startup["workers_s"][0]
-    # new segments no live process uses are this run's leftovers (other runs' live engines may share the machine)
-    new = {os.path.join("/dev/shm", n) for n in _psm_segments() - shm_before}
-    assert not new - in_use(new), "vLLM shared memory left behind"
+    assert not our_shm(shm_before, prefixes=("psm_",)), "vLLM shared memory left behind"
     # only what this run made: an earlier run killed by SIGKILL on this machine may have left its own
     assert not {p.name for p in Path("/dev/shm").glob("temper-demo-*")} - shm_before, "published weights left behind"
     for step in (2, 4):
