@@ -196,12 +196,14 @@ class Timeline:
 
     def trace(self) -> dict[str, Any]:
         """Chrome Trace Event Format: one process per role, engines and buffer reasons as its threads."""
-        def us(t: float) -> float:
-            return round((t - self.origin) * 1e6, 1)
+        def us(t: float) -> int:
+            return round((t - self.origin) * 1e6)
 
         def x(span: Span, pid: int, tid: int, cat: str) -> dict[str, Any]:
+            # Whole microseconds, the end rounded as a time of its own: a span that ends where the next
+            # begins must not overlap it by a rounding error, or viewers nest the two wrongly.
             return {"name": span.name, "cat": cat, "ph": "X", "ts": us(span.start),
-                    "dur": round((span.end - span.start) * 1e6, 1), "pid": pid, "tid": tid}
+                    "dur": us(span.end) - us(span.start), "pid": pid, "tid": tid}
 
         events: list[dict[str, Any]] = []
 

@@ -89,6 +89,37 @@ def test_trace_is_chrome_trace_event_format(tmp_path):
     assert next(e for e in events if e["ph"] == "C")["args"]["tok/s"] == 40.0  # 50 tokens in 1.25 s
 
 
+
+def test_trace_spans_nest_on_every_track(tmp_path):
+    """Phases that abut (a step's wait, train and sync; back-to-back busy spans) must not overlap by a rounding
+    error in the file: trace viewers stack a span that starts before the last one ends inside it. Real
+    epoch times with sub-microsecond parts, as a run has."""
+    import random
+
+    rng = random.Random(0)
+    origin = 1796284450.0 + rng.random()
+    tl, t = Timeline(origin=origin), origin
+    for step in range(1, 201):
+        times = [t]
+        for _ in range(3):
+            times.append(times[-1] + rng.uniform(0.01, 0.5))
+        busy = [Span("busy", times[0], times[1]), Span("paused", times[1], times[2]), Span("busy", times[2], times[3])]
+        tl.step(step, tuple(times), {0: busy}, [], tokens=1)
+        t = times[3]
+    tl.mark("RL steps", origin, t)
+    tracks: dict[tuple, list] = {}
+    for e in json.loads(Path(tl.write_trace(tmp_path / "trace.json")).read_text())["traceEvents"]:
+        if e["ph"] == "X":
+            tracks.setdefault((e["pid"], e["tid"]), []).append(e)
+    assert len(tracks) == 2
+    for events in tracks.values():
+        open_ends: list[float] = []
+        for e in sorted(events, key=lambda e: (e["ts"], -e["dur"])):
+            while open_ends and open_ends[-1] <= e["ts"]:
+                open_ends.pop()
+            assert not open_ends or e["ts"] + e["dur"] <= open_ends[-1], f"{e['name']} overlaps the span around it"
+            open_ends.append(e["ts"] + e["dur"])
+
 def test_startup_line_names_the_slowest_engine_of_each_phase():
     from temper.timeline import describe_startup
 
