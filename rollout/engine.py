@@ -140,8 +140,12 @@ class Engine:
         ):
             final = out
         assert final is not None and len(final.outputs) == n, "engine returned fewer completions than asked"
+        return self.completions(final)
+
+    def completions(self, out: Any) -> list[Completion]:
+        """One vLLM RequestOutput -> its Completions, ordered by index."""
         result = []
-        for c in sorted(final.outputs, key=lambda c: c.index):
+        for c in sorted(out.outputs, key=lambda c: c.index):
             logps = tuple(float(step[tok].logprob) for step, tok in zip(c.logprobs or [], c.token_ids))
             result.append(
                 Completion(

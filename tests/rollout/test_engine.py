@@ -55,10 +55,26 @@ def test_in_flight_request_survives_a_reload(engine, demo_assets, tmp_path):
     start = engine.version
 
     async def scenario():
-        long = asyncio.create_task(engine.generate(prompt_ids(engine), 1, max_tokens=200))
-        await asyncio.sleep(0.3)  # decoding is under way
-        await engine.load_weights(str(tmp_path), start + 1)
-        return await long
+        # Stream the request (vLLM's own generate, temper's conversion) and reload once its first token is out:
+        # a fixed sleep raced the tiny demo model, which can finish all 200 tokens before the reload starts.
+        from uuid import uuid4
+
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        from temper.rollout.engine import sampling_params
+
+        params = sampling_params(engine.sampling, 1, max_tokens=200)
+        params.output_kind = RequestOutputKind.CUMULATIVE
+        params.ignore_eos = True  # an early stop would end it before the reload
+        reload, final = None, None
+        async for out in engine.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids(engine)), params, uuid4().hex):
+            final = out
+            if reload is None and out.outputs[0].token_ids and not out.finished:
+                reload = asyncio.create_task(engine.load_weights(str(tmp_path), start + 1))
+        assert reload is not None, "the request finished before its first streamed output"
+        await reload
+        return engine.completions(final)
 
     (c,) = engine.run(scenario())
     print("in-flight completion:", len(c.token_ids), "tokens, versions", c.versions, c.finish_reason)
