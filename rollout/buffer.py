@@ -29,7 +29,7 @@ from typing import Any
 from temper.configs.schema import BufferConfig
 from temper.rollout.activity import Activity, Span
 from temper.rollout.dispatch import PromptDispatch, Ticket
-from temper.rollout.types import Group, Sample, episode_metrics
+from temper.rollout.types import Group, Sample, episode_metrics, json_default
 
 
 class ReplayBuffer:
@@ -152,7 +152,7 @@ class ReplayBuffer:
             self.generated_tokens += sum(sum(s.loss_mask) for s in group.samples)
             if self._rollouts is not None:
                 for s in group.samples:
-                    self._rollouts.write(json.dumps(s.to_json()) + "\n")
+                    self._rollouts.write(json.dumps(s.to_json(), default=json_default) + "\n")
                 self._rollouts.flush()
             if self.cfg.drop_zero_variance and len(set(group.rewards)) == 1:
                 self._drop("zero_variance")

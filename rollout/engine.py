@@ -52,6 +52,9 @@ def engine_kwargs(
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "enable_prefix_caching": True,
         "max_logprobs": 1,
+        # vLLM's Prometheus stats cost its front-end ~4% of its time per engine step, and temper reads none
+        # of them (its own timeline has the numbers); `rollout.engine.extra` can turn them back on.
+        "disable_log_stats": True,
         "worker_extension_cls": "temper.rollout.vllm_worker_ext.TemperWorkerExtension",
         "weight_transfer_config": {"backend": VLLM_BACKENDS[weight_sync]},
     }
@@ -82,6 +85,10 @@ def sampling_params(s: SamplingConfig, n: int, greedy: bool = False, max_tokens:
         stop=s.stop or None,
         logprobs=0,
         output_kind=RequestOutputKind.FINAL_ONLY,
+        # Without stop strings nothing needs text while decoding: vLLM then neither detokenizes each step nor
+        # turns every sampled token's log-prob into a token string (a third of the front-end's time on the
+        # demo); Engine.completions decodes each finished completion once.
+        detokenize=bool(s.stop),
     )
 
 
@@ -143,7 +150,10 @@ class Engine:
         return self.completions(final)
 
     def completions(self, out: Any) -> list[Completion]:
-        """One vLLM RequestOutput -> its Completions, ordered by index."""
+        """One vLLM RequestOutput -> its Completions, ordered by index; the text decoded here once when vLLM
+        did not detokenize (no stop strings: `sampling_params`), as vLLM's detokenizer would: special tokens
+        skipped, and a character whose bytes the last tokens left incomplete (decoded as U+FFFD) left out."""
+        decode = not self.sampling.stop
         result = []
         for c in sorted(out.outputs, key=lambda c: c.index):
             logps = tuple(float(step[tok].logprob) for step, tok in zip(c.logprobs or [], c.token_ids))
@@ -151,12 +161,15 @@ class Engine:
                 Completion(
                     token_ids=tuple(c.token_ids),
                     logprobs=logps,
-                    text=c.text,
+                    text=self._decode(c.token_ids) if decode else c.text,
                     finish_reason=c.finish_reason or "unknown",
                     token_versions=self._token_versions(c.weight_versions or [], len(c.token_ids)),
                 )
             )
         return result
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd")
 
     def _token_versions(self, spans: list[Any], n: int) -> tuple[int, ...]:
         """vLLM's [start, end) version spans over output tokens -> one version per token (tokens no span

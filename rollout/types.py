@@ -9,7 +9,7 @@ re-score them.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the learner imports these types; it needs neither environments nor rewards
@@ -85,11 +85,22 @@ class Sample:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict, shallow (dataclasses.asdict deep-copied every token list, and was most of the
+        buffer's CPU time); `json.dumps(..., default=json_default)` writes it."""
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Sample:
         return cls(**{k: tuple(v) if k in _TUPLE_FIELDS else v for k, v in d.items()})
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Sample))
+
+
+def json_default(obj: Any) -> Any:
+    """What json.dumps cannot write itself, from an environment's info or metadata: a dataclass as its
+    fields, anything else as its repr (a rollout line is for reading, and must not stop the run)."""
+    return asdict(obj) if is_dataclass(obj) and not isinstance(obj, type) else repr(obj)
 
 
 @dataclass(frozen=True)

@@ -416,10 +416,12 @@ def _checkpoint(cfg: RunConfig, learner, buffer, run_dir: Path, step: int) -> Pa
     the version, published atomically (temper/checkpoints.py); `temper train --resume RUN_DIR`."""
     import ray
 
+    from temper.rollout.types import json_default
+
     def fill(folder: Path) -> dict[str, Any]:
         ray.get(learner.save_checkpoint.remote(str(folder)))
         state = ray.get(buffer.state_dict.remote())
-        (folder / "buffer.json").write_text(json.dumps(state))
+        (folder / "buffer.json").write_text(json.dumps(state, default=json_default))
         return {"version": state["learner_version"]}
 
     def crash_here(_: Path) -> None:

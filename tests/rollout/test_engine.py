@@ -79,3 +79,35 @@ def test_in_flight_request_survives_a_reload(engine, demo_assets, tmp_path):
     (c,) = engine.run(scenario())
     print("in-flight completion:", len(c.token_ids), "tokens, versions", c.versions, c.finish_reason)
     assert c.versions == (start, start + 1)
+
+
+def test_text_decoded_once_matches_vllms_own_detokenizer(engine):
+    """With no stop strings vLLM does not detokenize (the front-end's time goes to the engine instead); each
+    completion's text, decoded once at the end (Engine.completions), is what vLLM's incremental detokenizer
+    writes for the same tokens (seeded sampling from the untrained model: any token, special ones included)."""
+    from uuid import uuid4
+
+    from vllm.inputs import TokensPrompt
+
+    from temper.rollout.engine import sampling_params
+
+    assert not engine.sampling.stop
+
+    async def sample(ids, detokenize):
+        params = sampling_params(engine.sampling, 8, max_tokens=48)
+        assert params.detokenize is False
+        params.detokenize, params.seed = detokenize, 1234
+        async for out in engine.llm.generate(TokensPrompt(prompt_token_ids=ids), params, uuid4().hex):
+            final = out
+        return final
+
+    checked = 0
+    for q in ["What is 12 + 34?", "Tell me a story.", "7 + 8 = ?", ""]:
+        ids = prompt_ids(engine, q)
+        mine = engine.completions(engine.run(sample(ids, False)))
+        theirs = sorted(engine.run(sample(ids, True)).outputs, key=lambda c: c.index)
+        for m, t in zip(mine, theirs, strict=True):
+            assert m.token_ids == tuple(t.token_ids)
+            assert m.text == t.text
+            checked += len(m.text)
+    assert checked > 500, "the completions had almost no text to compare"
