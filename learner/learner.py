@@ -321,6 +321,12 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         return summed, float(distributed.full_tensor(grad_norm))  # sharded: the norm over all shards
 
+    def own_cores(self, cores: list[int]) -> None:
+        """Run on these cores only; the rollout workers on this machine keep off them (temper/affinity.py)."""
+        from temper.affinity import pin_self
+
+        pin_self(cores)
+
     # ------------------------------------------------------------------ weights out
     def prepare_sync(self) -> None:
         """Import vLLM's weight-transfer code (~11 s of CPU) now, while the engines start."""

@@ -16,6 +16,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from temper.affinity import ENGINE_BIND, engine_core, keep_off
 from temper.configs.schema import RunConfig
 from temper.learner.distributed import Rank
 from temper.learner.learner import Learner
@@ -58,6 +59,11 @@ class RolloutWorkerActor(RolloutWorker):
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
+    def keep_off_cores(self, cores: list[int]) -> int:
+        """The learner's own cores (temper/affinity.py): this actor, its engine's processes and its scoring pool
+        leave them."""
+        return keep_off(cores)
+
     async def weights_update(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
         if isinstance(update_info, dict) and "object_ref" in update_info:  # learner/weight_sync.py: ray
             update_info = {"data": await update_info["object_ref"]}  # to this node, then to the engine
@@ -77,7 +83,7 @@ def make_worker(cfg: RunConfig, i: int, buffer_handle: Any) -> Any:
         "TQDM_DISABLE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         # One core per engine on CPU machines (the learner takes another); override by setting it.
-        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", str(i % (os.cpu_count() or 1))),
+        ENGINE_BIND: os.environ.get(ENGINE_BIND, str(engine_core(i))),
     }
     actor = ray.remote(
         num_cpus=cfg.ray.worker_cpus, num_gpus=cfg.ray.worker_gpus, resources=cfg.ray.worker_resources or None,

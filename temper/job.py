@@ -152,16 +152,29 @@ def connect_ray(cfg: RunConfig, teardown: Teardown, log=print) -> bool:
     # The console shows temper's own lines; engine warnings and loader output stay in the worker logs
     # (see `ray_logs_dir`). Errors in actors still reach the driver as exceptions.
     quiet = {"log_to_driver": False, "logging_level": "WARNING"}
-    if address != "local":
+    target = address if address != "local" else None
+    if target is None and address is None:
+        target = ray_start_cluster()
+    if target:
         try:
             with _sigterm_kept():
-                ray.init(address=address or "auto", **quiet)  # "auto": a `ray start --head` cluster here
+                ray.init(address=target, **quiet)
             return False
         except ConnectionError:
             if address:
                 raise
     _start_private_cluster(cfg, teardown, quiet, log)
     return True
+
+
+def ray_start_cluster() -> str | None:
+    """The address of the cluster `ray start` last started on this machine (Ray's own record of it), or None.
+
+    Not ray.init(address="auto"): that also joins any Ray cluster it finds running here, another
+    `temper train`'s private one included, which then dies under this run when that run ends."""
+    from ray._private.utils import read_ray_address  # where `ray start` records it; RAY_TMPDIR respected
+
+    return read_ray_address()
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from typing import Any
 import ray
 
 from temper.actors import RayEngines, make_worker
+from temper.affinity import learner_cores
 from temper.cleanup import Teardown, remove_orphaned_shm
 from temper.configs.schema import RunConfig
 from temper.stops import RunError, describe
@@ -60,6 +61,7 @@ class WorkerPool:
         self.step = start_version  # for log lines and the restart records
         self.backend = cfg.weight_sync.backend  # "auto" on CPU is decided by the handshake (start)
         self.startup: dict[str, Any] = {}
+        self.learner_cores = learner_cores(cfg, bool(teardown.private_ray))  # [] pins nothing
 
     def _new_actor(self, i: int) -> Any:
         actor = make_worker(self.cfg, i, self.buffer)
@@ -91,7 +93,10 @@ class WorkerPool:
         self.backend = ray.get(self.learner.connect_engines.remote(RayEngines(self.workers), len(self.workers)))
         # Where start-up went (the learner and the engines start in parallel; summary.json "startup").
         self.startup = {"learner_s": up_at[refs[-1]], "workers_s": [up_at[r] for r in refs[:-1]],
-                        "engines": engines, "handshake_s": time.monotonic() - t1}
+                        "engines": engines, "handshake_s": time.monotonic() - t1, "learner_cores": self.learner_cores}
+        if self.learner_cores:
+            ray.get([self.learner.own_cores.remote(self.learner_cores),
+                     *(w.keep_off_cores.remote(self.learner_cores) for w in self.workers)])
 
     def run(self) -> None:
         self.running = True
@@ -192,6 +197,8 @@ class WorkerPool:
             return
         self.workers[i] = actor
         self.teardown.engines_up.append(actor)
+        if self.learner_cores:
+            ray.get(actor.keep_off_cores.remote(self.learner_cores))
         self.backend = ray.get(self.learner.connect_engines.remote(RayEngines(self.workers), len(self.workers)))
         if version != self.start_version:  # the engine holds the run's start weights: bring it to `version`
             ray.get(self.learner.sync_weights.remote(version))

