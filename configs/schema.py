@@ -277,8 +277,9 @@ class RayConfig(Strict):
     """Where the run finds Ray and what each role asks of it."""
 
     address: str | None = None
-    """Cluster address; None = connect to a running cluster (RAY_ADDRESS or `ray start` on this machine), else
-    start a private one; "local" = always start a private one."""
+    """Cluster address; None = connect to a running cluster (RAY_ADDRESS, or the one `ray start` last recorded on
+    this machine; never another run's private one), else start a private one; "local" = always start a
+    private one."""
     num_cpus: int | None = None
     """CPUs of a locally started cluster (None = all)."""
     worker_cpus: float = Field(1.0, ge=0)
