@@ -129,3 +129,5 @@ def test_startup_line_names_the_slowest_engine_of_each_phase():
     assert describe_startup(startup) == (
         "start-up: Ray 3.0s; then in parallel the learner 12.0s and the engine(s) 25.0s (importing vLLM 9.0s, "
         "engine processes + model load + KV cache 11.0s, scoring pool 6.0s); weight-sync handshake 0.5s")
+    assert describe_startup({**startup, "learner_cores": [2, 3]}).endswith(
+        "weight-sync handshake 0.5s; the learner has core(s) 2, 3 to itself")

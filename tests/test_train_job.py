@@ -3,6 +3,7 @@ weight sync, eval, metrics, plot, checkpoints — 4 sync-mode steps on the tiny 
 same under `ray job submit`. Faults, resume and cleanup are in test_faults.py."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def test_short_real_job(sync_job):
     assert set(startup["engines"][0]) == {"import_s", "engine_s", "rest_s"}
     # the engine's own phases happen inside its actor's start, which the driver times from outside
     assert sum(startup["engines"][0].values()) <= startup["workers_s"][0]
+    # a private cluster: the CPU learner has the highest core to itself (engine 0 is bound to core 0)
+    cores = os.cpu_count() or 1
+    assert startup["learner_cores"] == ([cores - 1] if cores > 1 else [])
     assert not our_shm(shm_before, prefixes=("psm_",)), "vLLM shared memory left behind"
     # only what this run made: an earlier run killed by SIGKILL on this machine may have left its own
     assert not {p.name for p in Path("/dev/shm").glob("temper-demo-*")} - shm_before, "published weights left behind"
