@@ -85,11 +85,15 @@ def sampling_params(s: SamplingConfig, n: int, greedy: bool = False, max_tokens:
         stop=s.stop or None,
         logprobs=0,
         output_kind=RequestOutputKind.FINAL_ONLY,
-        # Without stop strings nothing needs text while decoding: vLLM then neither detokenizes each step nor
-        # turns every sampled token's log-prob into a token string (a third of the front-end's time on the
-        # demo); Engine.completions decodes each finished completion once.
-        detokenize=bool(s.stop),
+        detokenize=vllm_detokenizes(s),
     )
+
+
+def vllm_detokenizes(s: SamplingConfig) -> bool:
+    """Whether vLLM writes the text: only stop strings need it while decoding. Otherwise vLLM neither
+    detokenizes each step nor turns every sampled token's log-prob into a token string (a third of the
+    front-end's time on the demo), and Engine.completions decodes each finished completion once."""
+    return bool(s.stop)
 
 
 class Engine:
@@ -153,7 +157,7 @@ class Engine:
         """One vLLM RequestOutput -> its Completions, ordered by index; the text decoded here once when vLLM
         did not detokenize (no stop strings: `sampling_params`), as vLLM's detokenizer would: special tokens
         skipped, and a character whose bytes the last tokens left incomplete (decoded as U+FFFD) left out."""
-        decode = not self.sampling.stop
+        decode = not vllm_detokenizes(self.sampling)
         result = []
         for c in sorted(out.outputs, key=lambda c: c.index):
             logps = tuple(float(step[tok].logprob) for step, tok in zip(c.logprobs or [], c.token_ids))

@@ -152,9 +152,7 @@ def connect_ray(cfg: RunConfig, teardown: Teardown, log=print) -> bool:
     # The console shows temper's own lines; engine warnings and loader output stay in the worker logs
     # (see `ray_logs_dir`). Errors in actors still reach the driver as exceptions.
     quiet = {"log_to_driver": False, "logging_level": "WARNING"}
-    target = address if address != "local" else None
-    if target is None and address is None:
-        target = ray_start_cluster()
+    target = None if address == "local" else address or ray_start_cluster()
     if target:
         try:
             with _sigterm_kept():

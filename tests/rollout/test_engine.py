@@ -16,6 +16,16 @@ def engine(shared_engine):
     return shared_engine
 
 
+async def stream(engine, ids, params):
+    """vLLM's own outputs of one request on the engine (as Engine.generate sends it, with `params` as given)."""
+    from uuid import uuid4
+
+    from vllm.inputs import TokensPrompt
+
+    async for out in engine.llm.generate(TokensPrompt(prompt_token_ids=ids), params, uuid4().hex):
+        yield out
+
+
 def test_sampled_logprobs_match_hf(engine, demo_assets):
     from transformers import AutoModelForCausalLM
 
@@ -57,9 +67,6 @@ def test_in_flight_request_survives_a_reload(engine, demo_assets, tmp_path):
     async def scenario():
         # Stream the request (vLLM's own generate, temper's conversion) and reload once its first token is out:
         # a fixed sleep raced the tiny demo model, which can finish all 200 tokens before the reload starts.
-        from uuid import uuid4
-
-        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         from temper.rollout.engine import sampling_params
@@ -68,7 +75,7 @@ def test_in_flight_request_survives_a_reload(engine, demo_assets, tmp_path):
         params.output_kind = RequestOutputKind.CUMULATIVE
         params.ignore_eos = True  # an early stop would end it before the reload
         reload, final = None, None
-        async for out in engine.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids(engine)), params, uuid4().hex):
+        async for out in stream(engine, prompt_ids(engine), params):
             final = out
             if reload is None and out.outputs[0].token_ids and not out.finished:
                 reload = asyncio.create_task(engine.load_weights(str(tmp_path), start + 1))
@@ -85,10 +92,6 @@ def test_text_decoded_once_matches_vllms_own_detokenizer(engine):
     """With no stop strings vLLM does not detokenize (the front-end's time goes to the engine instead); each
     completion's text, decoded once at the end (Engine.completions), is what vLLM's incremental detokenizer
     writes for the same tokens (seeded sampling from the untrained model: any token, special ones included)."""
-    from uuid import uuid4
-
-    from vllm.inputs import TokensPrompt
-
     from temper.rollout.engine import sampling_params
 
     assert not engine.sampling.stop
@@ -97,7 +100,7 @@ def test_text_decoded_once_matches_vllms_own_detokenizer(engine):
         params = sampling_params(engine.sampling, 8, max_tokens=48)
         assert params.detokenize is False
         params.detokenize, params.seed = detokenize, 1234
-        async for out in engine.llm.generate(TokensPrompt(prompt_token_ids=ids), params, uuid4().hex):
+        async for out in stream(engine, ids, params):
             final = out
         return final
 
