@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from temper.rewards import code as code_module
+from temper.rewards import assert_tests
 from temper.rewards.base import VerifyRequest
 from temper.rewards.code import CodeVerifier, Params, extract_code
 from temper.rewards.sandbox import SandboxUnavailable
@@ -37,12 +37,12 @@ def test_extract_code():
 
 
 def test_holes_keep_expected_values_out_of_the_sandbox():
-    plan = code_module._plans(("assert add(1, 2) == 345",), "")[0]
+    plan = assert_tests.plans(("assert add(1, 2) == 345",), "")[0]
     assert plan.holes == (("add(1, 2)", False),)
-    plan = code_module._plans(("assert abs(area(2.0) - 12.566) < 1e-3 and sorted(f(9)) == [1, 777]",), "")[0]
+    plan = assert_tests.plans(("assert abs(area(2.0) - 12.566) < 1e-3 and sorted(f(9)) == [1, 777]",), "")[0]
     assert [h[0] for h in plan.holes] == ["area(2.0)", "f(9)"]
     assert plan.holes[1][1] is True  # sorted() consumes an iterable: materialize generators
-    plan = code_module._plans(("assert sorted(f(x), key=lambda t: -t) == [3]",), "x = 1")[0]
+    plan = assert_tests.plans(("assert sorted(f(x), key=lambda t: -t) == [3]",), "x = 1")[0]
     assert plan.holes == (("sorted(f(x), key=lambda t: -t)", False),)
 
 
