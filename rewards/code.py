@@ -15,56 +15,37 @@ included); "setup" runs before the solution in the sandbox and before the check 
 (for HumanEval, the prompt: problem 32's check calls the prompt's `poly`). The check must call
 `candidate` at least once, with plain data only (a label error otherwise); arguments are copies, so
 a check cannot see the candidate mutate them; `candidate` supports calls, nothing else (no attributes).
+A name the check uses that neither the check code, its setup nor Python's builtins define is the
+program's (an encoder beside the decoder under test, a constant): a function or class of the program
+is a proxy like `candidate`, a constant arrives as a copy. Setup's names win, so a dataset pins the
+helpers it trusts by defining them in setup.
 
-Security model (see rewards/sandbox.py for the mechanics).
-- Isolation: every row runs in its own bubblewrap sandbox: new user/PID/network/mount/IPC/UTS/cgroup
-  namespaces (no network at all, loopback included), read-only system libraries and Python install and
-  nothing else of the host, a size-limited private tmpfs as working folder, read-only / and /dev, an
-  empty environment, no capabilities, no nested user namespaces, a dedicated unprivileged uid, dies with
-  its parent. Inside, `python -I -S -B` (no site, no .pth, no sitecustomize, no bytecode writes). Each
-  test runs in a fresh forked child with rlimits (CPU seconds, address space, file size, open files,
-  processes) and a wall-clock limit enforced by SIGKILL; the whole sandbox has a wall-clock deadline
-  enforced from outside by SIGKILL, and the PID namespace dies with its init.
+Security model (the sandbox's own mechanics and residual risks: rewards/sandbox/__init__.py).
+- Isolation: every row runs in its own bubblewrap sandbox (no network, no host files but the system
+  libraries and the Python install read-only, a private tmpfs, a dedicated unprivileged uid); each
+  test runs in a fresh forked child with rlimits and a wall-clock limit enforced by SIGKILL.
 - Verdicts are computed here, in the trusted parent, never read from the sandbox: expected values never
-  enter it. For assert tests the parent parses each assert with `ast`, keeps the literals and a small
-  set of pure builtins (==, <, abs, round, sorted, len, math.isclose, ...) on its side, and sends only
-  the sub-expressions it cannot evaluate (the calls into the solution) into the sandbox, which returns
-  their values as strict builtin data (exact int/float/complex/str/bytes/bool/None/list/tuple/set/
-  frozenset/dict, no subclasses, so no `__eq__` override survives the trip); the parent then recomputes
-  the assert. For stdin/stdout tests the parent compares the program's output. For check-style tests
-  the check code runs in a trusted process of its own (rewards/_check_runner.py), never in the
-  sandbox: `candidate` there is a proxy whose every call runs once in a fresh sandbox child and comes
-  back as strict data, or as the name and message of an exception that the proxy raises as the
-  builtin of that name; a timeout, a crash, an exit or a value that is not data ends the test whatever
-  the check code does. Exit codes, prints, SkipTest, patched test frameworks, frame walking, custom
-  `__eq__` and early exits therefore cannot pass a test: at worst they choose the values a test sees,
-  which is what writing the function does anyway.
-- The result channel is the harness's stdout. The harness (PID 1 of the namespace, which the kernel
-  protects from signals sent from inside) never runs untrusted code, is non-dumpable (no ptrace, no
-  /proc/1/mem, no /proc/1/fd for the same uid without capabilities); test children get no descriptor
-  of it. Frames carry a per-run random nonce and must arrive complete and in order, else they are
-  ignored; the nonce is defence in depth only (forked children inherit a copy of it in memory).
-- Nothing stays behind: the sandbox's files live in its tmpfs, its processes die with its PID namespace
-  (and are SIGKILLed by uid after an abnormal end), and the Python it runs ignores site/user state.
+  enter it. For assert tests the parent recomputes each assert from the values of the sub-expressions
+  it cannot evaluate itself, which come back as strict builtin data (rewards/assert_tests.py). For
+  stdin/stdout tests the parent compares the program's output. For check-style tests the check code
+  runs in a trusted process of its own (rewards/check_runner.py), never in the sandbox: `candidate`
+  and the program's functions are proxies there whose every call runs once in a fresh sandbox child
+  and comes back as strict data, or as the name and message of an exception that the proxy raises as
+  the builtin of that name; a timeout, a crash, an exit or a value that is not data ends the test
+  whatever the check code does. Exit codes, prints, SkipTest, patched test frameworks, frame walking,
+  custom `__eq__` and early exits therefore cannot pass a test: at worst they choose the values a test
+  sees, which is what writing the function does anyway.
 - Without bubblewrap the verifier refuses to start with a clear message, unless the user opts into
   `allow_unsandboxed="unsafe-subprocess"`, which warns loudly at construction.
 
-What is NOT isolated (residual risks):
-- CPU time and memory of the machine as a whole: rlimits are per process, so up to ~20 processes of one
-  sandbox can each use the memory limit (no cgroup caps); a sandbox can also slow its neighbours.
-- Kernel attack surface: no seccomp filter; a kernel bug reachable from an unprivileged user namespace
-  (or the shared libraries, /proc, /dev/null, /dev/urandom...) is not defended against.
-- Everything under /usr/lib (and the Python standard library) is readable inside.
+What is NOT protected (beyond the sandbox's own residual risks):
 - Tests whose comparison itself runs in the sandbox (helpers from "setup", or expected values that are
   not literals, e.g. `assert f(x) == reference(x)`) can be forged by a solution that tampers with them:
-  keep expected values literal (the common case) for unforgeable verdicts.
-- Top-level code of the solution runs again for every test (every call, for check style); timing is
-  wall-clock and CPU, so a loaded machine can turn a borderline solution into a timeout.
+  keep expected values literal (the common case) for unforgeable verdicts. Likewise, a check that
+  calls a helper of the program trusts what the program made it: define trusted helpers in setup.
+- Top-level code of the solution runs again for every test (every call or name lookup, for check style).
 - The check code of check-style labels is trusted: it runs unsandboxed, as the scoring process's user,
-  with the venv's packages. Only plain data from the candidate ever reaches it.
-- Only the standard library is importable (no numpy): it is the interpreter's own stdlib, not the venv.
-- Host state made by trusted code: running as root with the interpreter under a 0700 home, a hard-link
-  mirror of the Python install is created once in /var/cache/temper (root-owned, read-only inside).
+  with the venv's packages. Only plain data from the program ever reaches it.
 """
 
 from __future__ import annotations
@@ -85,22 +66,21 @@ import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from temper.rewards._plain_data import NotData, decode
+from temper.rewards.assert_tests import BadAssert, judge_values, plans
 from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
-from temper.rewards.sandbox import Sandbox, SandboxUnavailable, kill_group, standalone_source
+from temper.rewards.sandbox import Sandbox, SandboxUnavailable, kill_group, read_frames, standalone_source
 
 log = logging.getLogger(__name__)
 
 VERDICTS = ("pass", "fail", "timeout", "memory", "runtime_error", "output_limit")
 MAX_TIME_LIMIT_S = 60.0
 MAX_MEMORY_MB = 8192
-CHECKER_SOURCE = standalone_source("_check_runner.py")
+CHECKER_SOURCE = standalone_source(Path(__file__).with_name("check_runner.py"))
 # The checker starts with -S (no site: ~60 ms less per row) and gets this interpreter's packages (numpy
 # for EvalPlus checks) on its path instead, without the .pth hooks it does not need.
 CHECKER_PATH = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
@@ -155,7 +135,7 @@ class CodeVerifier(Verifier):
         start = time.monotonic()
         try:
             result = self._verify(request)
-        except _LabelError as e:
+        except (_LabelError, BadAssert) as e:
             result = VerifyResult(0.0, {}, f"bad label: {e}")
         return VerifyResult(result.score, result.breakdown, result.error, round(time.monotonic() - start, 4))
 
@@ -183,12 +163,12 @@ class CodeVerifier(Verifier):
         if "io" in label:
             job.update(mode="stdio", setup="", tests=[case["stdin"] for case in label["io"]])
         else:
-            plans = _plans(tuple(label["tests"]), label.get("setup", ""))
+            test_plans = plans(tuple(label["tests"]), label.get("setup", ""))
             job.update(mode="assert", setup=label.get("setup", ""),
-                       tests=[[[src, it] for src, it in p.holes] for p in plans])
+                       tests=[[[src, it] for src, it in p.holes] for p in test_plans])
         budget = min(self.params.max_row_s, 3.0 + n * (wall + 0.5))
         run = self.sandbox.run(job, wall_timeout=budget, stdout_cap=n * (file_bytes * 3 + 8192) + 65536)
-        frames = _frames(run.stdout, job["nonce"], n)
+        frames = read_frames(run.stdout, job["nonce"], n)
         if not frames and not run.timed_out and "bwrap:" in run.stderr_tail:
             return _result([], n, self.params.all_or_nothing, f"sandbox failed: {run.stderr_tail[-300:]}")
         verdicts, details = [], []
@@ -202,17 +182,17 @@ class CodeVerifier(Verifier):
             elif "io" in label:
                 verdict, detail = self._judge_output(frame, label["io"][i]["stdout"]), ""
             else:
-                verdict, detail = _judge_values(plans[i], frame.get("values"))
+                verdict, detail = judge_values(test_plans[i], frame.get("values"))
             verdicts.append(verdict if verdict in VERDICTS else "runtime_error")
             details.append(detail)
         return _result(verdicts, n, self.params.all_or_nothing, None, details)
 
     def _verify_check(self, label: dict[str, Any], job: dict[str, Any]) -> VerifyResult:
         """A check-style test: the label's check code runs in a trusted process of its own (see
-        rewards/_check_runner.py), talking to a sandbox that makes one call of the solution per request."""
+        rewards/check_runner.py), talking to a sandbox that makes one call of the solution per request."""
         job.update(mode="check", setup=label.get("setup", ""), tests=[], entry_point=label["entry_point"])
         checker_job = {"nonce": job["nonce"], "setup": label.get("setup", ""), "check": label["check"],
-                       "path": CHECKER_PATH}
+                       "entry_point": label["entry_point"], "path": CHECKER_PATH}
         with self.sandbox.session(job) as box, tempfile.TemporaryDirectory(prefix="temper-check-") as tmp:
             checker_job.update(request_fd=box.stdin.fileno(), frame_fd=box.stdout.fileno())
             checker = subprocess.Popen(
@@ -355,259 +335,3 @@ def _same_output(got: str, expected: str, how: str) -> bool:
     return lines == [line.rstrip() for line in expected.rstrip().splitlines()]
 
 
-def _frames(stdout: bytes, nonce: str, n: int) -> dict[int, dict[str, Any]]:
-    """Complete, nonce-tagged frames in order; anything else is ignored."""
-    frames: dict[int, dict[str, Any]] = {}
-    for line in stdout.split(b"\n")[:-1]:  # the last piece has no newline: incomplete
-        try:
-            frame = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(frame, dict) or frame.get("nonce") != nonce or "done" in frame:
-            continue
-        i = frame.get("i")
-        if type(i) is int and i == len(frames) and i < n and isinstance(frame.get("status"), str):
-            frames[i] = frame
-    return frames
-
-
-# ----------------------------------------------------------------------------------------------------
-# Assert tests: the parent's half. Each assert becomes a plan: its expression, where every sub-expression
-# the parent cannot evaluate on its own is a "hole" filled with a value computed in the sandbox.
-
-_SAFE_CALLS: dict[str, Any] = {
-    f.__name__: f for f in (abs, all, any, bool, float, int, len, list, max, min, round, set, frozenset,
-                            sorted, str, sum, tuple, dict, isinstance, reversed, type, repr, bytes, complex)}
-_ITERABLE_CONSUMERS = {"all", "any", "list", "max", "min", "set", "frozenset", "sorted", "sum", "tuple", "dict"}
-_SAFE_TYPES = {t.__name__: t for t in (int, float, str, bool, list, tuple, dict, set, frozenset, bytes,
-                                       complex)}
-_MATH = {name: getattr(math, name) for name in (
-    "isclose", "fabs", "sqrt", "floor", "ceil", "isnan", "isinf", "isfinite", "log", "log2", "log10",
-    "exp", "trunc", "gcd", "pi", "e", "inf", "nan", "tau", "hypot", "copysign")}
-_STR_METHODS = {"strip", "lstrip", "rstrip", "lower", "upper", "split", "splitlines", "startswith",
-                "endswith", "replace", "count", "find", "join", "isdigit", "isalpha", "title"}
-_ALLOWED_NODES = (ast.Constant, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp, ast.BoolOp,
-                  ast.Compare, ast.IfExp, ast.Subscript, ast.Slice)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    expr: ast.expr
-    holes: tuple[tuple[str, bool], ...]  # (source sent into the sandbox, materialize iterables)
-    hole_ids: dict[int, int]  # id(node) -> index into the values
-
-
-@lru_cache(maxsize=512)
-def _plans(tests: tuple[str, ...], setup: str) -> list[_Plan]:
-    try:
-        shadowed = _bound_names(ast.parse(setup)) if setup else set()
-    except SyntaxError as e:
-        raise _LabelError(f"setup does not parse: {e}") from None
-    return [_plan(test, k, shadowed) for k, test in enumerate(tests)]
-
-
-def _bound_names(tree: ast.Module) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
-        elif isinstance(node, ast.alias):
-            names.add((node.asname or node.name).split(".")[0])
-    return names
-
-
-def _plan(test: str, k: int, shadowed: set[str]) -> _Plan:
-    try:
-        tree = ast.parse(test.strip())
-    except SyntaxError as e:
-        raise _LabelError(f"test {k} does not parse: {e.msg}") from None
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
-        raise _LabelError(f"test {k} must be a single assert statement")
-    holes: list[tuple[str, bool]] = []
-    hole_ids: dict[int, int] = {}
-
-    def hole(node: ast.expr, materialize: bool = False) -> None:
-        hole_ids[id(node)] = len(holes)
-        holes.append((ast.unparse(node), materialize))
-
-    def visit(node: ast.expr, materialize: bool = False) -> None:
-        if _parent_side(node, shadowed):
-            for child, mat in _children(node, shadowed):
-                visit(child, mat)
-        else:
-            hole(node, materialize)
-
-    expr = tree.body[0].test
-    visit(expr)
-    return _Plan(expr, tuple(holes), hole_ids)
-
-
-def _safe_call_name(node: ast.Call, shadowed: set[str]) -> str | None:
-    f = node.func
-    if isinstance(f, ast.Name) and f.id in _SAFE_CALLS and f.id not in shadowed:
-        return f.id
-    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "math" \
-            and f.attr in _MATH:
-        return "math." + f.attr
-    if isinstance(f, ast.Attribute) and f.attr in _STR_METHODS:
-        return "." + f.attr
-    return None
-
-
-def _parent_side(node: ast.expr, shadowed: set[str]) -> bool:
-    if isinstance(node, _ALLOWED_NODES):
-        if isinstance(node, (ast.List, ast.Tuple, ast.Set)) and any(isinstance(e, ast.Starred)
-                                                                     for e in node.elts):
-            return False
-        return not (isinstance(node, ast.Dict) and any(key is None for key in node.keys))
-    if isinstance(node, ast.Name):
-        return node.id in _SAFE_TYPES and node.id not in shadowed
-    if isinstance(node, ast.Attribute):
-        return isinstance(node.value, ast.Name) and node.value.id == "math" and node.attr in _MATH
-    if isinstance(node, ast.Call):
-        args = [*node.args, *(kw.value for kw in node.keywords)]
-        if any(isinstance(a, (ast.Starred, ast.Lambda)) for a in args) or any(kw.arg is None
-                                                                              for kw in node.keywords):
-            return False  # a function value cannot cross the boundary: the whole call is a hole
-        return _safe_call_name(node, shadowed) is not None
-    return False
-
-
-def _children(node: ast.expr, shadowed: set[str]) -> list[tuple[ast.expr, bool]]:
-    if isinstance(node, ast.Call):
-        name = _safe_call_name(node, shadowed)
-        args = [(a, i == 0 and name in _ITERABLE_CONSUMERS) for i, a in enumerate(node.args)]
-        if name and name.startswith("."):
-            args.insert(0, (node.func.value, False))  # type: ignore[union-attr]
-        return args + [(kw.value, False) for kw in node.keywords]
-    if isinstance(node, ast.Attribute):
-        return []
-    return [(c, False) for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
-
-
-def _judge_values(plan: _Plan, text: Any) -> tuple[str, str]:
-    try:
-        doc = json.loads(text) if isinstance(text, str) and len(text) < 1 << 26 else None
-    except (ValueError, RecursionError):
-        return "fail", "the sandbox returned malformed values"
-    if isinstance(doc, dict) and isinstance(doc.get("bad"), str):
-        return "fail", doc["bad"][:200]
-    if not (isinstance(doc, dict) and isinstance(doc.get("ok"), list) and len(doc["ok"]) == len(plan.holes)):
-        return "fail", "the sandbox returned malformed values"
-    try:
-        values = [decode(v) for v in doc["ok"]]
-        ok = bool(_Evaluator(plan, values).eval(plan.expr))
-    except NotData as e:
-        return "fail", str(e)
-    except (ArithmeticError, TypeError, ValueError, AttributeError, IndexError, KeyError, RecursionError,
-            MemoryError) as e:
-        return "fail", f"{type(e).__name__}: {str(e)[:150]}"
-    return ("pass", "") if ok else ("fail", "")
-
-
-_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-           ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b,
-           ast.Pow: lambda a, b: a ** b, ast.LShift: lambda a, b: a << b, ast.RShift: lambda a, b: a >> b,
-           ast.BitOr: lambda a, b: a | b, ast.BitXor: lambda a, b: a ^ b, ast.BitAnd: lambda a, b: a & b,
-           ast.MatMult: None}
-_CMPOPS = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
-           ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
-           ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
-           ast.Is: lambda a, b: a is b or (a == b and type(a) is type(b) and a in (None, True, False)),
-           ast.IsNot: lambda a, b: not (a is b or (a == b and type(a) is type(b) and a in (None, True, False)))}
-_UNARY = {ast.Not: lambda a: not a, ast.USub: lambda a: -a, ast.UAdd: lambda a: +a, ast.Invert: lambda a: ~a}
-_BIG = 10_000_000  # most elements/bits a parent-side operation may create from untrusted values
-
-
-class _Evaluator:
-    """Recomputes an assert from strict data: only the node kinds `_parent_side` allowed get here."""
-
-    def __init__(self, plan: _Plan, values: list[Any]) -> None:
-        self.plan, self.values = plan, values
-
-    def eval(self, node: ast.expr) -> Any:
-        k = self.plan.hole_ids.get(id(node))
-        if k is not None:
-            return self.values[k]
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-            kind = {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)]
-            return kind(self.eval(e) for e in node.elts)
-        if isinstance(node, ast.Dict):
-            return {self.eval(k): self.eval(v) for k, v in zip(node.keys, node.values)}  # type: ignore[arg-type]
-        if isinstance(node, ast.UnaryOp):
-            return _UNARY[type(node.op)](self.eval(node.operand))
-        if isinstance(node, ast.BinOp):
-            a, b = self.eval(node.left), self.eval(node.right)
-            _guard(node.op, a, b)
-            op = _BINOPS[type(node.op)]
-            if op is None:
-                raise TypeError("unsupported operator")
-            return op(a, b)
-        if isinstance(node, ast.BoolOp):
-            value: Any = None
-            for v in node.values:
-                value = self.eval(v)
-                if isinstance(node.op, ast.And) != bool(value):
-                    return value
-            return value
-        if isinstance(node, ast.Compare):
-            left = self.eval(node.left)
-            for op, right_node in zip(node.ops, node.comparators):
-                right = self.eval(right_node)
-                if not _CMPOPS[type(op)](left, right):
-                    return False
-                left = right
-            return True
-        if isinstance(node, ast.IfExp):
-            return self.eval(node.body) if self.eval(node.test) else self.eval(node.orelse)
-        if isinstance(node, ast.Subscript):
-            return self.eval(node.value)[self.eval(node.slice)]
-        if isinstance(node, ast.Slice):
-            parts = [None if p is None else self.eval(p) for p in (node.lower, node.upper, node.step)]
-            return slice(*parts)
-        if isinstance(node, ast.Name):
-            return _SAFE_TYPES[node.id]
-        if isinstance(node, ast.Attribute):
-            return _MATH[node.attr]
-        if isinstance(node, ast.Call):
-            return self._call(node)
-        raise TypeError(f"unsupported expression {type(node).__name__}")
-
-    def _call(self, node: ast.Call) -> Any:
-        f = node.func
-        args = [self.eval(a) for a in node.args]
-        kwargs = {kw.arg: self.eval(kw.value) for kw in node.keywords}
-        if isinstance(f, ast.Attribute) and not (isinstance(f.value, ast.Name) and f.value.id == "math"):
-            receiver = self.eval(f.value)
-            if type(receiver) is not str:
-                raise TypeError(f".{f.attr}() is only evaluated on strings here")
-            sizes = [len(a) for a in args if isinstance(a, (str, list, tuple))]
-            if f.attr in ("replace", "join") and (len(receiver) + 1) * (sum(sizes) + 1) > _BIG:
-                raise ValueError(f".{f.attr}() result too large to evaluate")
-            return getattr(receiver, f.attr)(*args, **kwargs)
-        fn = _MATH[f.attr] if isinstance(f, ast.Attribute) else _SAFE_CALLS[f.id]  # type: ignore[attr-defined]
-        if fn in (str, repr, int) and args and isinstance(args[0], (list, tuple, set, frozenset, dict)) \
-                and len(repr(args[0])) > _BIG:
-            raise ValueError("value too large")
-        if fn is bytes and args and type(args[0]) is int and args[0] > _BIG:
-            raise ValueError("value too large")
-        return fn(*args, **kwargs)
-
-
-def _guard(op: ast.operator, a: Any, b: Any) -> None:
-    """Refuses operations whose result could be huge: values from the sandbox are adversarial."""
-    if isinstance(op, ast.Pow) and type(a) is int and type(b) is int:
-        if b > 0 and max(a.bit_length(), 1) * b > _BIG:
-            raise ValueError("power too large to evaluate")
-    elif isinstance(op, ast.Mod) and isinstance(a, (str, bytes)):
-        raise TypeError("%-formatting is not evaluated here")
-    elif isinstance(op, ast.LShift) and type(b) is int and b > _BIG:
-        raise ValueError("shift too large to evaluate")
-    elif isinstance(op, ast.Mult):
-        for seq, count in ((a, b), (b, a)):
-            if isinstance(seq, (str, bytes, list, tuple)) and type(count) is int and len(seq) * count > _BIG:
-                raise ValueError("repetition too large to evaluate")

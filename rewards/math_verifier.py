@@ -2,34 +2,18 @@
 
 Math-Verify (HF) parses LaTeX answers into sympy and compares them many ways; we keep all of that and
 decide by what a careful human grader would say. Every deliberate divergence from plain Math-Verify
-(`verify(parse(gold), parse(response))`) is listed here; each has cases, with near-misses that must
-still score 0, in the hand-decided table tests/rewards/test_math_table.py.
+(`verify(parse(gold), parse(response))`) is listed here or in rewards/math_answers.py; each has cases,
+with near-misses that must still score 0, in the hand-decided table tests/rewards/test_math_table.py.
 
-Reading the label
-- Gold labels from MATH/GSM8K-style datasets are raw LaTeX or plain text with no `$`: Math-Verify then
-  only sees "some number in the text" (`1 - \\frac{1}{e}` parses as 1). We parse the label as the body
-  of a `\\boxed{}`, which goes through its LaTeX parser whole.
+Reading the label and finding the answer in the response: rewards/math_answers.py (text scanning
+only, no sympy), which lists its divergences the same way.
+
+Parsing the answer
 - A label that lists solutions, one of them with `\\pm` (`x = 1, x = 2 \\pm \\sqrt{3}`), does not parse
   whole (Math-Verify reads that one as 2). When the whole fails and every top-level comma-separated part
   parses, the answer is the set of all the parts' solutions ({1, 2 + sqrt(3), 2 - sqrt(3)}); missing,
   extra or wrong roots score 0. Responses get the same rule. `x = 2 \\pm \\sqrt{3}` (an equation with a
   set on one side, which cannot be compared) is read as {x = 2 + sqrt(3), x = 2 - sqrt(3)}.
-- A label written as several boxed answers (`\\(\\boxed{3}\\) and \\(\\boxed{-1}\\).`) is one answer,
-  {3, -1}: math delimiters (`\\(`, `\\)`, `\\[`, `\\]`, like `$` already) and "or" (like "and") now join
-  adjacent boxes, in labels and responses alike (rewards/format.py). Prose between boxes still does not.
-- Unicode math in labels and answers (minus sign, times, less-or-equal, pi, square root, infinity...)
-  is rewritten as LaTeX first.
-
-Finding the answer in the response
-- Several boxes are merged into one set by Math-Verify, so a model that boxes a wrong answer and then
-  re-boxes the right one (or the reverse) is scored on both. We take the last run of adjacent boxes.
-- An explicit final-answer statement after the last box ("Final Answer: The final answer is $12,345$")
-  is the answer: the box before it was intermediate work. The statement must hold delimited math
-  (`$...$`, `$$...$$`, `\\(...\\)`, `\\[...\\]`) or a plain number; "the final answer is correct" is
-  no statement, and a box after the statement wins over it. With `require_boxed`, only boxes count.
-- A response that is nothing but a short text answer ("prime", "Monday.", "(C)": letters, spaces,
-  parentheses, hyphens, apostrophes, at most 60 characters, no digits) is that answer, read as
-  `\\text{...}`; Math-Verify finds no answer there. Text in prose still needs a box or a statement.
 
 Deciding equality
 - Its numeric comparison evaluates `gold - pred` to 15 digits and chops small results to zero, so exact
@@ -67,7 +51,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
-from temper.rewards.format import final_boxed, final_run
+from temper.rewards.math_answers import explicit_answer, label_body, normalize_answer, whole_text_answer
 
 # sympy and Math-Verify take ~1.5 s of CPU to import: they load in MathVerifier.__init__ (once per scoring
 # process), so that `temper rewards list`, config validation and `quick` (the scoring pool's caller)
@@ -103,66 +87,8 @@ class MathParams(BaseModel):
     """Longer extracted answers are not parsed (scored 0): a guard against pathological parses."""
 
 
-_UNICODE = {
-    "\u2212": "-", "\u2013": "-", "\u00d7": r"\times ", "\u00f7": r"\div ", "\u2264": r"\le ",
-    "\u2265": r"\ge ", "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u221a": r"\sqrt ", "\u00b0": r"^\circ ",
-    "\u00b7": r"\cdot ", "\u00b1": r"\pm ", "\u2260": r"\ne ",
-}
-# "Final Answer: The final answer is $X$", "... my final answer is 12." The answer must be delimited math
-# or a plain number (never `2,5`: see the module docstring); bounded so the scan stays linear.
-_FINAL_STATEMENT = re.compile(
-    r"final\s+answer\s*(?:is|:)\s*:?\s*(?:the\s+final\s+answer\s+is\s*:?\s*)?"
-    r"(?:\$\$([^$]{1,1000})\$\$|\$([^$]{1,1000})\$|\\\((.{1,1000}?)\\\)|\\\[(.{1,1000}?)\\\]"
-    r"|([-+\u2212]?\d+(?:,\d{3})*(?:\.\d+)?)(?!\d|[.,]\d))",
-    re.IGNORECASE | re.DOTALL,
-)
 QUICK_MAX_CHARS = 100_000  # `quick` runs outside the timeout: at most ~0.1 s of linear scans on this much
-_BARE_TEXT = re.compile(r"[A-Za-z() '\-]{1,60}")
 _INTEGER = re.compile(r"[-+]?\d{1,300}")
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:(?:,|\{,\}|\\,|\\!)\d{3})+(?:\.\d+)?")
-_DELIMITED = re.compile(r"^\s*(?:\$\$?(.*?)\$\$?|\\\((.*?)\\\)|\\\[(.*?)\\\])\s*$", re.DOTALL)
-
-
-def normalize_answer(text: str) -> str:
-    """Unicode math to LaTeX, and `1,000`-style thousands separators dropped when that is all there is."""
-    for src, dst in _UNICODE.items():
-        text = text.replace(src, dst)
-    text = text.strip().rstrip(".").strip()
-    if _THOUSANDS.fullmatch(text):
-        text = re.sub(r",|\{,\}|\\,|\\!", "", text)
-    return text
-
-
-def _final_statement(response: str, after: int) -> str | None:
-    """The answer of the last "final answer is X" statement, if it starts at or after `after`."""
-    last = None
-    for last in _FINAL_STATEMENT.finditer(response):
-        pass
-    if last is None or last.start() < after:
-        return None
-    return next(g for g in last.groups() if g is not None)
-
-
-def _explicit_answer(response: str, require_boxed: bool) -> tuple[str, str] | None:
-    """(answer, source) as the response states it, found by scanning alone (no parsing library): a
-    final-answer statement after the last box, else the last run of boxes; None when there is neither."""
-    run = final_run(response)
-    if not require_boxed and (stated := _final_statement(response, run[2] if run else 0)) is not None:
-        return normalize_answer(stated), "final_answer"
-    if run is not None:
-        return ", ".join(normalize_answer(part) for part in run[0]), "boxed"
-    return None
-
-
-def _whole_text_answer(response: str) -> str | None:
-    """A response that is nothing but a short text answer ("prime", "Monday.", "(C)"), as `\\text{...}`."""
-    text = response.strip()
-    if m := _DELIMITED.match(text):
-        text = next(g for g in m.groups() if g is not None)
-    text = text.strip().rstrip(".").strip()
-    if _BARE_TEXT.fullmatch(text) and any(c.isalpha() for c in text):
-        return f"\\text{{{text}}}"
-    return None
 
 
 def _too_nested(text: str, limit: int = 8) -> bool:
@@ -232,26 +158,6 @@ def _parse_body(body: str) -> Any:
     return sympy.FiniteSet(*items)
 
 
-def _label_body(label: Any) -> str:
-    """The label as the body of a box; raises ValueError when it cannot be one."""
-    if isinstance(label, bool) or label is None or isinstance(label, dict):
-        raise ValueError(f"label must be a number or a string, got {type(label).__name__}")
-    if isinstance(label, int | float):
-        if isinstance(label, float) and not math.isfinite(label):
-            raise ValueError(f"label is {label}")
-        return repr(label)
-    if isinstance(label, list):
-        return ", ".join(_label_body(item) for item in label)
-    text = str(label).strip()
-    if parts := final_boxed(text):
-        return ", ".join(normalize_answer(p) for p in parts)
-    if m := _DELIMITED.match(text):
-        text = next(g for g in m.groups() if g is not None)
-    if not text:
-        raise ValueError("label is empty")
-    return normalize_answer(text)
-
-
 def _digits(expr: Any) -> float:
     """An upper bound on the decimal digits that evaluating `expr` exactly would produce."""
     if isinstance(expr, sympy.MatrixBase):
@@ -318,10 +224,10 @@ class MathVerifier(Verifier):
         if len(response) > QUICK_MAX_CHARS or (isinstance(label, str) and len(label) > QUICK_MAX_CHARS):
             return None  # bounded time: longer texts go to a worker, under the timeout
         try:
-            gold = _label_body(label)
+            gold = label_body(label)
         except ValueError:
             return None  # a bad label: the full path reports it
-        found = _explicit_answer(response, params.require_boxed)
+        found = explicit_answer(response, params.require_boxed)
         if found is None:
             return None
         answer, source = found
@@ -340,7 +246,7 @@ class MathVerifier(Verifier):
     def _verify(self, request: VerifyRequest) -> VerifyResult:
         p = self.params
         try:
-            gold_text = _label_body(request.label)
+            gold_text = label_body(request.label)
             gold = _parse_body(gold_text) if len(gold_text) <= p.max_answer_chars else None
         except Exception as e:  # noqa: BLE001 -- a bad label is the dataset's fault: report it, never raise
             return VerifyResult(0.0, {"verdict": "bad_label"}, f"unparsable label: {e}")
@@ -364,7 +270,7 @@ class MathVerifier(Verifier):
     def _extract(self, response: str) -> tuple[str | None, str]:
         """(answer text, how it was found): a final-answer statement after the last box, else the last run
         of boxes, else Math-Verify's extraction, else the whole response when it is a short text answer."""
-        if found := _explicit_answer(response, self.params.require_boxed):
+        if found := explicit_answer(response, self.params.require_boxed):
             return found
         if self.params.require_boxed or not response.strip():
             return None, "none"
@@ -374,7 +280,7 @@ class MathVerifier(Verifier):
         tail = response[-4 * self.params.max_answer_chars:]
         found = mv.parse(tail, configs, parsing_timeout=None, fallback_mode="no_fallback")
         if not found:
-            whole = _whole_text_answer(response)
+            whole = whole_text_answer(response)
             return (whole, "whole") if whole is not None else (None, "none")
         item = found[0]
         text = sympy.latex(item) if isinstance(item, sympy.Basic | sympy.MatrixBase) else str(item)

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from temper.rewards import code as code_module
+from temper.rewards import assert_tests
 from temper.rewards.base import VerifyRequest
 from temper.rewards.code import CodeVerifier, Params, extract_code
 from temper.rewards.sandbox import SandboxUnavailable
@@ -37,12 +37,12 @@ def test_extract_code():
 
 
 def test_holes_keep_expected_values_out_of_the_sandbox():
-    plan = code_module._plans(("assert add(1, 2) == 345",), "")[0]
+    plan = assert_tests.plans(("assert add(1, 2) == 345",), "")[0]
     assert plan.holes == (("add(1, 2)", False),)
-    plan = code_module._plans(("assert abs(area(2.0) - 12.566) < 1e-3 and sorted(f(9)) == [1, 777]",), "")[0]
+    plan = assert_tests.plans(("assert abs(area(2.0) - 12.566) < 1e-3 and sorted(f(9)) == [1, 777]",), "")[0]
     assert [h[0] for h in plan.holes] == ["area(2.0)", "f(9)"]
     assert plan.holes[1][1] is True  # sorted() consumes an iterable: materialize generators
-    plan = code_module._plans(("assert sorted(f(x), key=lambda t: -t) == [3]",), "x = 1")[0]
+    plan = assert_tests.plans(("assert sorted(f(x), key=lambda t: -t) == [3]",), "x = 1")[0]
     assert plan.holes == (("sorted(f(x), key=lambda t: -t)", False),)
 
 
@@ -307,3 +307,79 @@ def test_check_style_bad_labels_are_errors(verifier):
                             ("import not_a_module\ndef check(candidate):\n    pass\n", "before check() is called")]:
         got = run(verifier, "def f(x):\n    return x", {"check": check_code, "entry_point": "f"})
         assert got["score"] == 0.0 and why in got["error"], got
+
+
+# ---- check() sees the program's names (HumanEval runs check in the program's namespace) ----
+
+CYCLIC_SOLUTION = '''def encode_cyclic(s: str):
+    groups = [s[(3 * i):min((3 * i + 3), len(s))] for i in range((len(s) + 2) // 3)]
+    groups = [(group[1:] + group[0]) if len(group) == 3 else group for group in groups]
+    return "".join(groups)
+
+
+def decode_cyclic(s: str):
+    groups = [s[(3 * i):min((3 * i + 3), len(s))] for i in range((len(s) + 2) // 3)]
+    groups = [(group[-1] + group[:-1]) if len(group) == 3 else group for group in groups]
+    return "".join(groups)
+'''
+# Like HumanEval/38 with the prompt left out of "setup": the check encodes with the program's own encoder.
+CYCLIC_CHECK = '''def check(candidate):
+    from random import Random
+    import string
+    rng = Random(7)
+    for _ in range(5):
+        str = ''.join(rng.choice(string.ascii_lowercase) for i in range(rng.randint(10, 20)))
+        encoded_str = encode_cyclic(str)
+        assert candidate(encoded_str) == str
+'''
+
+
+@needs_bwrap
+def test_check_calls_a_helper_function_of_the_program(verifier):
+    label = {"check": CYCLIC_CHECK, "entry_point": "decode_cyclic"}
+    got = run(verifier, CYCLIC_SOLUTION, label)
+    assert (got["score"], got["verdicts"], got["calls"], got["error"]) == (1.0, ["pass"], 5, None)
+    wrong = CYCLIC_SOLUTION.replace("group[-1] + group[:-1]", "group[1:] + group[0]")  # decodes by encoding
+    assert run(verifier, wrong, label)["verdicts"] == ["fail"]
+    # Without the helper the check fails at the helper's line: the program's fault, a verdict (not a label error).
+    alone = run(verifier, CYCLIC_SOLUTION.split("\n\n\n")[1], label)
+    assert (alone["score"], alone["verdicts"], alone["calls"], alone["error"]) == (0.0, ["fail"], 0, None)
+    assert alone["details"][0].startswith("NameError: name 'encode_cyclic' is not defined by the check code")
+    assert "check.py line 7: encoded_str = encode_cyclic(str)" in alone["details"][0]
+
+
+@needs_bwrap
+def test_check_reads_constants_and_the_entry_point_by_name(verifier):
+    check = ("def check(candidate):\n    assert candidate(2) == 2 * FACTOR\n"
+             "    assert [scale(x) for x in TABLE] == [FACTOR * x for x in TABLE]\n    TABLE.append(99)\n"
+             "    assert len(TABLE) == 4\n")
+    label = {"check": check, "entry_point": "scale"}
+    program = "FACTOR = 3\nTABLE = [1, 2, 3]\ndef scale(x):\n    return FACTOR * x"
+    got = run(verifier, program, label)
+    # candidate(2), then scale() three times by its own name: the same function under test, 4 calls.
+    assert (got["score"], got["calls"]) == (1.0, 4)
+    assert run(verifier, program.replace("FACTOR * x", "x + x"), label)["verdicts"] == ["fail"]
+    module = run(verifier, "import math as FACTOR\nTABLE = []\ndef scale(x):\n    return x", label)
+    assert module["verdicts"] == ["fail"] and "'FACTOR' is a module of the program" in module["details"][0]
+
+
+@needs_bwrap
+def test_setup_pins_a_helper_the_program_redefines(verifier):
+    label = {"check": POLY_CHECK, "entry_point": "find_zero", "setup": POLY_PROMPT}
+    cheat = "def poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 0.0\n"
+    got = run(verifier, cheat, label)  # check's poly is setup's, so 0.0 is no root
+    assert (got["score"], got["verdicts"], got["calls"]) == (0.0, ["fail"], 1)
+    assert run(verifier, POLY_SOLUTION, label)["score"] == 1.0  # the program's helpers still serve the program
+    # Builtins stay builtins: a program's `abs` or `len` is not what the check calls.
+    check = "def check(candidate):\n    assert abs(candidate(1, 2) - 3) < 1e-9 and len([candidate(0, 0)]) == 1\n"
+    shadows = "def abs(x):\n    return 0\ndef len(x):\n    return 1\ndef add(a, b):\n    return 0"
+    assert run(verifier, shadows, {"check": check, "entry_point": "add"})["verdicts"] == ["fail"]
+
+
+@needs_bwrap
+def test_an_exception_before_the_candidate_is_called_is_reported_as_itself(verifier):
+    check = "def check(candidate):\n    table = {'a': 1}\n    assert candidate(table['b']) == 1\n"
+    got = run(verifier, "def f(x):\n    return x", {"check": check, "entry_point": "f"})
+    # The program plays no part (no name of it was used): the label's fault, with the exception and line.
+    assert got["error"] == ("bad label: the check code fails in check() before it calls candidate: "
+                            "KeyError: 'b' (check.py line 3: assert candidate(table['b']) == 1)")

@@ -477,3 +477,53 @@ def test_check_style_stop_iteration_cannot_end_the_checks_loops(verifier):
     code = "calls = []\ndef square(x):\n    if x == 3:\n        raise SystemExit(0)\n    return x * x"
     assert check_verdict(verifier, code, swallowed) == (0.0, ["runtime_error"])  # even a bare except
     assert check_verdict(verifier, "def square(x):\n    return x * x", swallowed) == (1.0, ["pass"])
+
+
+# ---- the program's own names, seen by check(): they cross the same boundary as the candidate ----
+
+def test_check_style_program_helper_cannot_return_an_object(verifier):
+    # Without the boundary, ref would be an object equal to everything, and add() returning 0 would pass.
+    label = checks("    try:\n        ref = reference(1, 2)\n    except Exception:\n        ref = 3\n"
+                   "    assert candidate(1, 2) == ref\n")
+    code = ("class Anything:\n    def __eq__(self, other): return True\n    __hash__ = object.__hash__\n"
+            "def reference(a, b):\n    return Anything()\ndef add(a, b):\n    return 0")
+    assert check_verdict(verifier, code, label) == (0.0, ["runtime_error"])  # ends the test, caught or not
+    honest = "def reference(a, b):\n    return a + b\ndef add(a, b):\n    return a + b"
+    assert check_verdict(verifier, honest, label) == (1.0, ["pass"])
+
+
+def test_check_style_program_constant_cannot_be_an_object(verifier):
+    # A float subclass on the right of `<=` gets its reflected __ge__ called first: in one process this
+    # tolerance would accept anything. Not plain data, it does not cross: the check's fallback applies.
+    label = checks("    try:\n        tol = TOLERANCE\n    except NameError:\n        tol = 0.0\n"
+                   "    assert abs(candidate(1, 2) - 3) <= tol\n")
+    code = ("class Loose(float):\n    def __ge__(self, other): return True\n    def __le__(self, other): return True\n"
+            "TOLERANCE = Loose(0.0)\ndef add(a, b):\n    return 0")
+    assert check_verdict(verifier, code, label) == (0.0, ["fail"])
+    assert check_verdict(verifier, "TOLERANCE = 0.5\ndef add(a, b):\n    return 3.25", label) == (1.0, ["pass"])
+
+
+def test_check_style_program_helper_cannot_reach_the_checks_globals(verifier):
+    # The helper runs in the sandbox: whatever frames, globals and builtins it rewrites are its own.
+    code = r'''
+import builtins, gc, sys
+def helper():
+    for obj in gc.get_objects():
+        if isinstance(obj, dict) and ("check" in obj or "candidate" in obj or "verdict" in obj):
+            for key in ("check", "candidate", "verdict", "run", "names"):
+                obj[key] = (lambda *a, **k: 3)
+    f = sys._getframe()
+    while f is not None:
+        for scope in (f.f_locals, f.f_globals):
+            for key in list(scope):
+                if key in ("check", "candidate", "Channel", "Proxy", "ProgramNames", "run"):
+                    scope[key] = (lambda *a, **k: 3)
+        f = f.f_back
+    builtins.AssertionError = type("Never", (Exception,), {})
+    builtins.abs = lambda x: 0
+    return None
+def add(a, b):
+    return 0
+'''
+    label = checks("    assert helper() is None\n    assert abs(candidate(1, 2) - 3) == 0\n")
+    assert check_verdict(verifier, code, label) == (0.0, ["fail"])  # add() returns 0 and abs is abs

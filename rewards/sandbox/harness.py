@@ -16,12 +16,15 @@ Job (the first line of stdin, JSON): nonce, mode ("assert" | "stdio" | "check"),
 tests (assert: a list of [[expression_source, materialize_iterables], ...] per test; stdio: a list of
 stdin strings; check: unused), entry_point (check), time_limit (CPU s), wall_limit (s), memory_bytes,
 file_bytes, nproc (or null), nofile, workdir, isolated (true only under bubblewrap: enables the kill(-1)
-sweep). In "check" mode the harness then reads one call per line of stdin until EOF, each
-{"args": ..., "kwargs": ...} in the plain-data encoding (rewards/_plain_data.py), and answers each with
-a frame: a fresh child runs setup and solution, then calls `entry_point(*args, **kwargs)` once.
+sweep). In "check" mode the harness then reads one request per line of stdin until EOF and answers each
+with a frame; a fresh child runs setup and solution, then does what the request asks, values in the
+plain-data encoding (plain_data.py):
+  {"call": name, "args": ..., "kwargs": ...}  calls the program's `name` (default: entry_point) once;
+  {"get": name}                                 reports what the program binds to `name`.
 Frame (stdout, one JSON line): nonce, i, status ("ok" | "timeout" | "memory" | "output_limit" |
 "runtime_error"), and for "ok" either stdout_b64 (stdio) or values (the child's JSON text: assert
-{"ok": [value, ...]} or {"bad": why}; check {"ok": value}, {"raised": [type name, message]} or {"bad": why}).
+{"ok": [value, ...]} or {"bad": why}; call {"ok": value}, {"raised": [type name, message]} or
+{"bad": why}; get {"ok": value}, {"callable": type name}, {"other": type name} or {"missing": true}).
 A stdio "runtime_error" also carries stdout_b64 and stderr_tail (its last 400 characters).
 """
 
@@ -37,7 +40,7 @@ import signal
 import sys
 import time
 
-from _plain_data import NotData, decode, encode  # defined first by rewards/sandbox.py: no temper in here
+from plain_data import NotData, decode, encode  # defined first by runner.standalone_source: no temper here
 
 MEMORY_EXIT = 3  # the child exits with this after a MemoryError; a label for a failure, nothing more
 FILE_EXIT = 4  # ... and with this after a write past the file-size limit (EFBIG)
@@ -196,14 +199,18 @@ def _exec_assert(job, holes, namespace):
 
 
 def _exec_call(job, request, namespace):
-    """One call of a check-style test: what the call does (a value, an exception) is written as data for
-    the trusted checker; the program's own failures and the limits end the child (a status)."""
+    """One request of a check-style test: what the call does (a value, an exception), or what the program
+    binds to a name, is written as data for the trusted checker; the program's own failures and the
+    limits end the child (a status)."""
     def values():
-        call = json.loads(request)
-        args, kwargs = decode(call["args"]), decode(call["kwargs"])
-        fn = namespace.get(job["entry_point"])
+        req = json.loads(request)
+        if "get" in req:
+            return _describe(namespace, req["get"])
+        name = req.get("call", job["entry_point"])
+        args, kwargs = decode(req["args"]), decode(req["kwargs"])
+        fn = namespace.get(name)
         if not callable(fn):
-            return json.dumps({"bad": f"the program defines no function {job['entry_point']!r}"})
+            return json.dumps({"bad": f"the program defines no function {name!r}"})
         try:
             value = fn(*args, **kwargs)
         except BaseException as e:  # the call's outcome, sent back as a value
@@ -216,6 +223,20 @@ def _exec_call(job, request, namespace):
             return json.dumps({"bad": str(e)})
 
     return _exec_then(job, namespace, values)
+
+
+def _describe(namespace, name):
+    """What the program binds to `name`, for the checker: plain data crosses as itself, a function or
+    class as the fact that it can be called (each call is a request of its own), anything else as its type."""
+    if type(name) is not str or name not in namespace:
+        return json.dumps({"missing": True})
+    value = namespace[name]
+    if callable(value):
+        return json.dumps({"callable": str(type(value).__name__)})
+    try:
+        return json.dumps({"ok": encode(value)}, allow_nan=True)
+    except NotData:
+        return json.dumps({"other": str(type(value).__name__)})
 
 
 def _exec_then(job, namespace, values):

@@ -1,7 +1,7 @@
-"""Runs the sandbox harness (rewards/_sandbox_harness.py) on a job, under bubblewrap, and kills it on time.
+"""Runs the sandbox harness (harness.py beside this file) on a job, under bubblewrap, and kills it on time.
 
-Why a module of its own: the code verifier decides *what* to run and judges the result; this file only
-knows *how* to run it so that nothing can get out. One call is one sandbox: a fresh user, PID, network,
+Why a module of its own: its callers decide *what* to run and judge the result; this file only knows
+*how* to run it so that nothing can get out. One call is one sandbox: a fresh user, PID, network,
 mount, IPC, UTS and cgroup namespace, a read-only view of the system libraries and of the Python install,
 a size-limited tmpfs as /tmp (the working directory), no environment, no capabilities, no further user
 namespaces, and a dedicated unprivileged uid taken in turn from a range of 4096, so RLIMIT_NPROC counts
@@ -19,16 +19,20 @@ cache folder (TEMPER_SANDBOX_CACHE, default /var/cache/temper) and bound read-on
 temporary folder, a new session, an empty environment) and isolates nothing else. It exists for
 machines without bubblewrap and for the benchmark that measures what safety costs.
 
-`run` is one job in, frames out. `session` keeps the sandbox running for an interactive job (the
-check-style tests of rewards/code.py): the caller writes requests and reads frames itself.
+`run` is one job in, frames out (`read_frames` keeps the genuine ones). `session` keeps the sandbox
+running for an interactive job (the check-style tests of rewards/code.py): the caller writes requests
+and reads frames itself. `run_program` runs one plain program and returns what it printed (the python
+tool), so that callers of that kind need not know the job and frame formats.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -51,19 +55,18 @@ UID_BASE = int(os.environ.get("TEMPER_SANDBOX_UID_BASE", "1800000"))
 UID_COUNT = 4096
 
 
-def standalone_source(name: str) -> str:
-    """The source of rewards/NAME, runnable as `python -c` where temper is not importable: the one module
-    of this folder it imports by bare name, `_plain_data` (stdlib only), is defined first from its source."""
-    here = Path(__file__).parent
-    codec = (here / "_plain_data.py").read_text()
+def standalone_source(script: Path) -> str:
+    """The source of `script`, runnable as `python -c` where temper is not importable: the one module it
+    may import by bare name, `plain_data` (this folder's codec, stdlib only), is defined first."""
+    codec = (Path(__file__).parent / "plain_data.py").read_text()
     prelude = ("import sys as _sys, types as _types\n"
-               "_sys.modules['_plain_data'] = _module = _types.ModuleType('_plain_data')\n"
-               f"exec(compile({codec!r}, '_plain_data.py', 'exec'), _module.__dict__)\n"
+               "_sys.modules['plain_data'] = _module = _types.ModuleType('plain_data')\n"
+               f"exec(compile({codec!r}, 'plain_data.py', 'exec'), _module.__dict__)\n"
                "del _sys, _types, _module\n")
-    return prelude + (here / name).read_text()
+    return prelude + script.read_text()
 
 
-HARNESS_SOURCE = standalone_source("_sandbox_harness.py")
+HARNESS_SOURCE = standalone_source(Path(__file__).parent / "harness.py")
 WORKDIR = "/tmp"  # inside the sandbox
 SESSION_GRACE_S = 1.0  # how long a finished session's harness gets to exit on its own before SIGKILL
 _SLOTS = threading.BoundedSemaphore(os.cpu_count() or 1)  # sandboxes running at once, process-wide
@@ -91,6 +94,20 @@ class RunOutcome:
     overflowed: bool
     returncode: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class ProgramOutcome:
+    """What one plain program did in a sandbox (`Sandbox.run_program`).
+
+    status: "ok", "timeout", "memory", "output_limit" or "runtime_error".
+    stdout: what it printed (invalid UTF-8 replaced), also when it failed.
+    error: why it failed ("" when ok): the tail of its stderr (a traceback's last lines) or the reason.
+    """
+
+    status: str
+    stdout: str
+    error: str
 
 
 class Sandbox:
@@ -123,7 +140,7 @@ class Sandbox:
 
     def run(self, job: dict[str, Any], *, wall_timeout: float, stdout_cap: int,
             cancel: threading.Event | None = None) -> RunOutcome:
-        """Runs the harness on `job` (see _sandbox_harness.py), killing everything after wall_timeout s, or
+        """Runs the harness on `job` (see harness.py), killing everything after wall_timeout s, or
         as soon as `cancel` is set (then the outcome reads as timed out)."""
         with self._started(job, subprocess.PIPE) as (proc, payload, uid):
             start = time.monotonic()
@@ -139,6 +156,26 @@ class Sandbox:
                     _kill_uid(uid)
             return RunOutcome(bytes(out[:stdout_cap]), err[-2000:].decode("utf-8", "replace"), timed_out,
                               overflowed, proc.returncode, time.monotonic() - start)
+
+    def run_program(self, code: str, *, time_limit_s: float, memory_mb: int, output_bytes: int,
+                    cancel: threading.Event | None = None) -> ProgramOutcome:
+        """Runs `code` as a script (stdin empty) in a fresh sandbox: CPU limit time_limit_s, wall-clock
+        twice that, address space memory_mb, at most output_bytes of output. `cancel` kills it early."""
+        nonce = secrets.token_hex(8)
+        job = {"nonce": nonce, "mode": "stdio", "solution": code, "setup": "", "tests": [""],
+               "time_limit": time_limit_s, "wall_limit": time_limit_s * 2, "memory_bytes": memory_mb << 20,
+               "file_bytes": output_bytes, "nofile": 64}
+        run = self.run(job, wall_timeout=time_limit_s * 2 + 5, stdout_cap=output_bytes * 2 + 65536, cancel=cancel)
+        frame = read_frames(run.stdout, nonce, 1).get(0)
+        if frame is None:
+            return ProgramOutcome("timeout" if run.timed_out else "runtime_error", "",
+                                  "the sandbox timed out" if run.timed_out else "the sandbox returned nothing")
+        try:
+            out = base64.b64decode(frame.get("stdout_b64", ""), validate=True).decode("utf-8", "replace")
+        except ValueError:
+            out = ""
+        error = "" if frame["status"] == "ok" else str(frame.get("stderr_tail") or frame.get("error") or "")
+        return ProgramOutcome(frame["status"], out, error)
 
     @contextmanager
     def session(self, job: dict[str, Any]) -> Iterator[subprocess.Popen]:
@@ -212,6 +249,23 @@ class Sandbox:
         if b'"stdout_b64": "NDIK"' not in got.stdout:
             raise SandboxUnavailable(f"bubblewrap could not start a sandbox here (exit {got.returncode}): "
                                      f"{got.stderr_tail.strip()[-500:] or got.stdout[-300:]!r}")
+
+
+def read_frames(stdout: bytes, nonce: str, n: int) -> dict[int, dict[str, Any]]:
+    """The harness's genuine frames, by test index: complete lines with this run's nonce, in order, at most
+    n; anything else is ignored (a forged or cut-off line cannot shift or add a verdict)."""
+    frames: dict[int, dict[str, Any]] = {}
+    for line in stdout.split(b"\n")[:-1]:  # the last piece has no newline: incomplete
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(frame, dict) or frame.get("nonce") != nonce or "done" in frame:
+            continue
+        i = frame.get("i")
+        if type(i) is int and i == len(frames) and i < n and isinstance(frame.get("status"), str):
+            frames[i] = frame
+    return frames
 
 
 def _pump(proc: subprocess.Popen, payload: bytes, out: bytearray, err: bytearray, deadline: float,

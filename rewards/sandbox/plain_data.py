@@ -6,7 +6,7 @@ None/bool/int/float/str as themselves; {"L": [...]} list, {"T": [...]} tuple, {"
 {"F": [...]} frozenset, {"D": [[key, value], ...]} dict, {"B": "hex"} bytes, {"C": [re, im]} complex.
 
 Stdlib only, and standalone on purpose: the sandbox harness and the trusted checker of check-style
-tests run as `python -c` without temper (rewards/sandbox.py's `standalone_source` defines this module
+tests run as `python -c` without temper (runner.py's `standalone_source` defines this module
 for them first); the code verifier imports it normally.
 """
 
