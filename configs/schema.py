@@ -43,6 +43,11 @@ class DataConfig(Strict):
     on_bad_line: Literal["error", "skip"] = "error"
     """A line that is not a JSON object with prompt_key and label_key: "error" stops before anything starts,
     naming file:line and the field; "skip" leaves it out, counts it and reports it."""
+    special_tokens: Literal["text", "tokens"] = "text"
+    """How special-token text in the prompts' message contents is encoded: "text" (default) as ordinary
+    tokens, so a row holding `<|im_end|>` or `<tool_call>` cannot end its turn or forge another; "tokens" as
+    the special ids, for data that means them (e.g. prompts carrying earlier turns' tool calls). Only the
+    chat template's own structure is special either way; tool results are always text."""
 
 
 class SamplingConfig(Strict):

@@ -10,11 +10,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel
 
 from temper.configs.base import NoParams
+from temper.environments.chat_encoding import encode_chat
+
+__all__ = ["CompletionLike", "Environment", "Episode", "Generate", "encode_chat"]
 
 
 class CompletionLike(Protocol):
@@ -63,25 +66,22 @@ class Episode:
     tool_errors: dict[str, int] = field(default_factory=dict)
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
-    """Token ids of `messages` under the tokenizer's chat template, ready for the assistant's turn."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer.encode(text, add_special_tokens=False)
-
-
 class Environment(ABC):
     """Subclasses set `Params` and implement `run_group`. Built once per rollout worker."""
 
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, params: BaseModel, tokenizer: Any, prompt_key: str, system_prompt: str | None,
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, special_tokens: Literal["text", "tokens"] = "text") -> None:
         self.params = params
         self.tokenizer = tokenizer
         self.prompt_key = prompt_key
         self.system_prompt = system_prompt
         self.max_model_len = max_model_len
         """The engine's context length (prompt + completion), when the environment runs against one."""
+        self.prompt_special_tokens = special_tokens
+        """data.special_tokens: the prompt's contents encode as "text" (a `<|im_end|>` in them is ordinary
+        tokens) or as "tokens" (special token text becomes special ids, for data that means them)."""
 
     def messages(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         """The row's prompt as chat messages (a plain string becomes one user message)."""
@@ -92,7 +92,8 @@ class Environment(ABC):
         return list(prompt)
 
     def encode_messages(self, messages: list[dict[str, Any]]) -> list[int]:
-        return encode_chat(self.tokenizer, messages)
+        """The prompt's token ids, ready for the assistant's turn (see chat_encoding.py)."""
+        return encode_chat(self.tokenizer, messages, contents_as_text=self.prompt_special_tokens == "text")
 
     @abstractmethod
     async def run_group(self, row: dict[str, Any], generate: Generate, n: int) -> list[Episode]:

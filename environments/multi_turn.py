@@ -106,7 +106,7 @@ class MultiTurnEnvironment(Environment):
         deadline = loop.time() + p.episode_timeout_s
         renderer = ChatRenderer(self.tokenizer, [t.schema() for t in start.tools])
         messages = list(start.messages)
-        traj = Trajectory(renderer.encode(renderer.render(messages, generation_prompt=True)))
+        traj = Trajectory(renderer.encode_prompt(messages, self.prompt_special_tokens == "text"))
         eos = self.tokenizer.eos_token_id
         turn_rewards: list[float] = []
         info: dict[str, Any] = {}
@@ -151,7 +151,7 @@ class MultiTurnEnvironment(Environment):
             if turns == p.max_turns:
                 break  # no turn left to read the observations: don't add them
             try:
-                glue = renderer.encode(renderer.glue(messages, sampled_text, result.observations))
+                glue = renderer.glue(messages, sampled_text, result.observations)
             except TemplatePrefixError as e:
                 stop, info["template_mismatch"] = "template_mismatch", str(e)
                 break

@@ -11,7 +11,8 @@ Malformed calls (invalid JSON, unknown tool, arguments that fail the schema), to
 back to the model as the tool's message, `error: ...`, and are counted by kind; `on_error = "end"` ends the
 episode instead (stop reason `tool_<kind>`). A turn's calls run concurrently, results in call order. A tool's
 output is cut to `tool_output_tokens` tokens (counted in tokens, not characters, since tokens are what the
-context holds).
+context holds). Tool output is text: a `<|im_end|>` or `<tool_call>` it prints is encoded as ordinary tokens
+(chat_encoding.py), so it can neither end its own turn nor forge another.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import Field
 
 from temper.configs.plugins import import_target
 from temper.environments.calculator import calculator
+from temper.environments.chat_encoding import encode_text
 from temper.environments.multi_turn import EpisodeStart, MultiTurnEnvironment, MultiTurnParams, StepResult
 from temper.environments.python_tool import PythonRunner, python_tool
 from temper.environments.tools import Tool, build_parser, run_calls
@@ -117,7 +119,7 @@ class ToolEnvironment(MultiTurnEnvironment):
 
     def truncate(self, text: str) -> str:
         n = self.params.tool_output_tokens
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        ids = encode_text(self.tokenizer, text)  # counted as the glue encodes it: special token text is text
         if len(ids) <= n:
             return text
         return self.tokenizer.decode(ids[:n]) + f"\n[truncated: {len(ids) - n} more tokens]"

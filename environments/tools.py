@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,39 +104,66 @@ class ToolResult:
 class HermesParser:
     """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, as Qwen2/Qwen3 chat templates emit and expect.
 
-    An opening tag without a closing one is a call whose JSON never ended (invalid_json); `arguments` may be
-    an object or a JSON string holding one (some models write it so)."""
+    The body is read as JSON, not cut at the first closing tag: code that prints or parses `</tool_call>`
+    holds it inside a JSON string, where it belongs to the string. So after `<tool_call>` and any whitespace
+    comes exactly one JSON value, then any whitespace and `</tool_call>`. Anything else is a call the model
+    got wrong (invalid_json), and parsing goes on after the next closing tag. A call whose closing tag never
+    comes is invalid_json too, even when its JSON is complete (a reply cut off by max_tokens looks like
+    that). `arguments` may be an object or a JSON string holding one (some models write it so)."""
 
     OPEN, CLOSE = "<tool_call>", "</tool_call>"
-    _block = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
+    _decoder = json.JSONDecoder()
 
     def parse(self, text: str) -> list[ToolCall]:
         calls = []
-        for m in self._block.finditer(text):
-            body, closed = m.group(1).strip(), bool(m.group(2))
-            if not closed:
-                calls.append(ToolCall("", error="invalid_json", detail="<tool_call> is never closed"))
-                continue
-            calls.append(self._one(body))
+        at = text.find(self.OPEN)
+        while at != -1:
+            call, end = self._read(text, at + len(self.OPEN))
+            calls.append(call)
+            at = text.find(self.OPEN, end)
         return calls
 
-    @staticmethod
-    def _one(body: str) -> ToolCall:
+    def _read(self, text: str, at: int) -> tuple[ToolCall, int]:
+        """The call whose body starts at `at`, and where parsing goes on."""
+        at = _skip_space(text, at)
         try:
-            obj = json.loads(body)
+            obj, end = self._decoder.raw_decode(text, at)
         except json.JSONDecodeError as e:
-            return ToolCall("", error="invalid_json", detail=f"{e.msg} at column {e.colno}")
+            return ToolCall("", error="invalid_json", detail=f"{e.msg} at column {e.pos - at + 1}"), self._resume(text, at)
+        except RecursionError:  # json's scanner recurses per nesting level: "[[[[..." from a model
+            return ToolCall("", error="invalid_json", detail="JSON nested too deeply"), self._resume(text, at)
+        close = _skip_space(text, end)
+        if text.startswith(self.CLOSE, close):
+            return self._one(obj), close + len(self.CLOSE)
+        if close == len(text):
+            return ToolCall("", error="invalid_json", detail="<tool_call> is never closed"), close
+        return (ToolCall("", error="invalid_json", detail=f"expected </tool_call> after the JSON value, found "
+                         f"{text[close : close + 20]!r}"), self._resume(text, close))
+
+    def _resume(self, text: str, at: int) -> int:
+        """After the first closing tag from `at` (the end of a malformed call), or the end of the text."""
+        close = text.find(self.CLOSE, at)
+        return len(text) if close == -1 else close + len(self.CLOSE)
+
+    @staticmethod
+    def _one(obj: Any) -> ToolCall:
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
             return ToolCall("", error="missing_name", detail='expected {"name": "...", "arguments": {...}}')
         args = obj.get("arguments", {})
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 pass
         if not isinstance(args, dict):
             return ToolCall(obj["name"], error="bad_arguments", detail="arguments must be a JSON object")
         return ToolCall(obj["name"], args)
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at].isspace():
+        at += 1
+    return at
 
 
 PARSERS: dict[str, str] = {"hermes": "temper.environments.tools:HermesParser"}

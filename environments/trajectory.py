@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from temper.environments.chat_encoding import encode_chat, encode_rendering, render_chat
+
 ENV_VERSION = -1
 """The weight version recorded for tokens the environment inserted (no policy produced them)."""
 
@@ -80,7 +82,8 @@ class Trajectory:
 
 
 class ChatRenderer:
-    """The tokenizer's chat template, with the run's tool schemas (`tools=`), as text and as token ids."""
+    """The tokenizer's chat template, with the run's tool schemas (`tools=`), as text and as token ids. Message
+    contents become tokens through chat_encoding.py: text, never special tokens, unless the prompt's are meant."""
 
     def __init__(self, tokenizer: Any, tools: list[dict[str, Any]] | None = None) -> None:
         self.tokenizer = tokenizer
@@ -91,25 +94,33 @@ class ChatRenderer:
             messages, tools=self.tools, add_generation_prompt=generation_prompt, tokenize=False
         )
 
+    def encode_prompt(self, messages: list[dict[str, Any]], contents_as_text: bool = True) -> list[int]:
+        """The opening messages with the generation prompt (see chat_encoding.encode_chat)."""
+        return encode_chat(self.tokenizer, messages, tools=self.tools, contents_as_text=contents_as_text)
+
     def encode(self, text: str) -> list[int]:
+        """Text as the model would sample it (special tokens allowed): for scripted or demonstration replies."""
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def decode(self, ids: list[int] | tuple[int, ...]) -> str:
         """Exact text of token ids, special tokens included (what the template must reproduce)."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def glue(self, history: list[dict[str, Any]], sampled_text: str, new: list[dict[str, Any]]) -> str:
-        """The text the template puts after the assistant's sampled text once `new` messages follow it.
+    def glue(self, history: list[dict[str, Any]], sampled_text: str, new: list[dict[str, Any]]) -> list[int]:
+        """Token ids of the text the template puts after the assistant's sampled text once `new` messages
+        follow it; the contents of `new` are text (a tool printing `<|im_end|>` cannot end its turn).
 
         history: the conversation up to and including the assistant message whose sampled text is
         `sampled_text`. Raises TemplatePrefixError when the template renders the past differently."""
         before = self.render(history[:-1], generation_prompt=True) + sampled_text
-        after = self.render(history + new, generation_prompt=True)
-        if not after.startswith(before):
-            at = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+        n = len(history)
+        after = render_chat(self.tokenizer, history + new, tools=self.tools, as_text=range(n, n + len(new)))
+        if not after.text.startswith(before):
+            plain = after.plain
+            at = next((i for i, (a, b) in enumerate(zip(before, plain)) if a != b), min(len(before), len(plain)))
             raise TemplatePrefixError(
                 f"the chat template re-renders the conversation differently at character {at}: "
                 f"the episode so far reads {before[max(0, at - 40) : at + 40]!r}, the re-rendering "
-                f"{after[max(0, at - 40) : at + 40]!r}"
+                f"{plain[max(0, at - 40) : at + 40]!r}"
             )
-        return after[len(before) :]
+        return encode_rendering(self.tokenizer, after, start=len(before))

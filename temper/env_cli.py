@@ -95,7 +95,8 @@ def run(cfg: RunConfig, row: dict[str, Any], replies: list[str], tokenizer_path:
     tok = tokenizer_for(cfg, tokenizer_path)
     env_cls = resolve_environment(cfg.environment.name)
     env = env_cls(env_cls.Params.model_validate(cfg.environment.params), tok, cfg.data.prompt_key,
-                  cfg.data.system_prompt, max_model_len=cfg.rollout.engine.max_model_len)
+                  cfg.data.system_prompt, max_model_len=cfg.rollout.engine.max_model_len,
+                  special_tokens=cfg.data.special_tokens)
     limit = cfg.rollout.sampling.max_tokens
     engine = Replies(tok, replies)
 
@@ -121,8 +122,10 @@ def show(tok, ep, result) -> None:
         if span["role"] == "assistant":
             turn += 1
             print(f"\nturn {turn}, assistant: {len(ids)} tokens, loss mask {mask}")
-        else:
-            print(f"  environment: {len(ids)} tokens, loss mask {mask}")
+        else:  # its special tokens are the template's alone: a tag the tool printed is shown but is ordinary text
+            specials = [tok.convert_ids_to_tokens(i) for i in ids if i in tok.added_tokens_decoder]
+            print(f"  environment: {len(ids)} tokens, loss mask {mask}, special tokens {len(specials)}: "
+                  f"{' '.join(specials) or 'none'}")
         print("    " + text.replace("\n", "\u21b5\n    "))  # newlines shown, since the template's matter
     print(f"\nstop reason: {ep.stop_reason}; turns: {ep.turns}; tool calls: {ep.tool_calls}; "
           f"tool errors: {ep.tool_errors or 'none'}")

@@ -67,12 +67,12 @@ def demonstration(renderer: ChatRenderer, row: dict[str, str]) -> tuple[list[int
     expression = f"{a} * {b}"
     call = f'<tool_call>{json.dumps({"name": "calculator", "arguments": {"expression": expression}})}</tool_call>'
     messages = [{"role": "user", "content": row["prompt"]}]
-    ids = renderer.encode(renderer.render(messages, generation_prompt=True))
+    ids = renderer.encode_prompt(messages)
     mask = [0] * len(ids)
     call_ids = renderer.encode(call) + [tok.eos_token_id]
     messages.append({"role": "assistant", "content": call})
-    glue = renderer.encode(renderer.glue(messages, renderer.decode(call_ids),
-                                         [{"role": "tool", "name": "calculator", "content": evaluate(expression)}]))
+    glue = renderer.glue(messages, renderer.decode(call_ids),
+                         [{"role": "tool", "name": "calculator", "content": evaluate(expression)}])
     answer_ids = renderer.encode(f"\\boxed{{{row['label']}}}") + [tok.eos_token_id]
     for part, m in ((call_ids, 1), (glue, 0), (answer_ids, 1)):
         ids += part

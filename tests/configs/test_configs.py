@@ -181,3 +181,12 @@ def test_check_config_prints_resolved(tmp_path):
     r = _temper("check-config", "configs/demo.toml", "--set", "learner.steps=7")
     assert r.returncode == 0, r.stderr
     assert '"steps": 7' in r.stdout
+
+
+def test_data_special_tokens_defaults_to_text_and_is_checked(tmp_path):
+    assert load_config(REPO / "configs/demo.toml").data.special_tokens == "text"
+    assert load_config(REPO / "configs/demo.toml", ["data.special_tokens=tokens"]).data.special_tokens == "tokens"
+    p = _write(tmp_path, "[demo]\nenabled = true\n[data]\nspecial_tokens = \"ids\"\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert f"{p}:4: data.special_tokens" in str(e.value) and "'ids'" in str(e.value)

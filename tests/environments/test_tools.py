@@ -1,6 +1,7 @@
 """Tools, the Hermes parser and the calculator: every kind of malformed call is an answer, never a crash."""
 
 import asyncio
+import json
 
 import pytest
 from pydantic import BaseModel, ConfigDict
@@ -34,6 +35,34 @@ def test_hermes_parser_well_formed_calls():
 def test_hermes_parser_malformed_calls(text, kind):
     (call,) = parse(text)
     assert call.error == kind and call.detail
+
+
+def test_a_closing_tag_inside_a_json_string_belongs_to_the_string():
+    code = "s = '<tool_call>{}</tool_call>'\nprint(s.split('</tool_call>')[0])"
+    text = (f'<tool_call>{json.dumps({"name": "python", "arguments": {"code": code}})}</tool_call> and '
+            '<tool_call>{"name": "f", "arguments": {"tag": "</tool_call>"}}</tool_call>')
+    assert parse(text) == [ToolCall("python", {"code": code}), ToolCall("f", {"tag": "</tool_call>"})]
+
+
+@pytest.mark.parametrize("space", ["", " ", "\n", "\r\n", "\t \n  ", "\n\n\n", "\u3000", "\u00a0\n"])
+def test_calls_split_across_odd_whitespace(space):
+    body = '{"name": "calculator",\n\t"arguments" :  {\r\n "expression": "2 * 3"}\n}'
+    text = f"{space}<tool_call>{space}{body}{space}</tool_call>{space}<tool_call>{space}{body}{space}</tool_call>"
+    assert parse(text) == [ToolCall("calculator", {"expression": "2 * 3"})] * 2
+
+
+@pytest.mark.parametrize(("text", "detail"), [
+    ('<tool_call>{"name": "f"} trailing</tool_call>', "expected </tool_call> after the JSON value"),
+    ('<tool_call>{"name": "f"}{"name": "g"}</tool_call>', "expected </tool_call> after the JSON value"),
+    ('<tool_call>{"name": "f", "arguments": {"code": "print(\'</tool_call>\')"}', "Expecting ','"),
+    ("<tool_call>" + "[" * 100_000 + "</tool_call>", "nested too deeply"),
+])
+def test_a_malformed_call_is_invalid_json_and_parsing_goes_on(text, detail):
+    calls = parse(text + ' <tool_call>{"name": "next"}</tool_call>')
+    assert calls[0].error == "invalid_json" and detail in calls[0].detail
+    assert calls[1:] == [ToolCall("next", {})]
+    (never_closed,) = parse(text.replace("</tool_call>", ""))
+    assert never_closed.error == "invalid_json"
 
 
 def test_parser_is_pluggable_by_name():
