@@ -80,7 +80,7 @@ async def temper_side(cfg: RunConfig, rows: list[dict]) -> list[dict]:
         dispatch = PromptDispatch(PromptDispatch.shard_sizes(len(rows), 1), cfg.seed, shuffle=False)
         buffer = ReplayBuffer(cfg.buffer, cfg.learner.batch_groups, dispatch=dispatch)
         worker = RolloutWorker(run_cfg, 0, buffer)
-        worker.attach(first.engine, first.scorer)
+        worker.attach(first.engine, first.rubric)
         t0 = time.perf_counter()
         loop = asyncio.create_task(worker.run())
         batch = await buffer.get_batch(len(rows), learner_version=0, timeout=3600)

@@ -112,7 +112,7 @@ async def one_mode(worker, clock: EngineClock, env, rows: list[dict], concurrenc
 async def run(args: argparse.Namespace) -> None:
     from temper.configs.data import load_rows
     from temper.job import prepare
-    from temper.rewards.pool import RewardScorer
+    from temper.rewards.rubric import Rubric
     from temper.rollout.engine import Engine
     from temper.rollout.worker import RolloutWorker
 
@@ -122,7 +122,7 @@ async def run(args: argparse.Namespace) -> None:
     await engine.init()
     clock = EngineClock(engine)
     worker = RolloutWorker(cfg, 0, None)
-    worker.attach(clock, RewardScorer(cfg.rewards))
+    worker.attach(clock, Rubric(cfg.rewards))
     env_args = (engine.tokenizer, cfg.data.prompt_key, cfg.data.system_prompt)
     tool_params = ToolEnvironment.Params.model_validate(cfg.environment.params)
     single = SingleTurnEnvironment(SingleTurnEnvironment.Params(), *env_args)

@@ -42,11 +42,28 @@ class Generate(Protocol):
 
 @dataclass(frozen=True)
 class Episode:
-    """What an environment hands back for one sample (see temper.rollout.types.Sample for the field meanings).
+    """What an environment hands back for one sample; the rollout worker's `Sample` extends it with the
+    row's label and metadata, the group and the reward (temper.rollout.types).
 
-    The first nine fields are all a single-turn episode needs; multi-turn episodes also fill in the trace
-    (messages, spans), the per-token versions, rewards the environment gave per turn, its info for the
-    verifiers, and counts of turns, tool calls and tool errors by kind."""
+    prompt: the row's prompt (text or chat messages). prompt_token_ids: the tokens the engine was first
+        given (chat template applied).
+    completion_token_ids: every token after the prompt: sampled tokens and, in multi-turn episodes,
+        tool/environment tokens in between.
+    logprobs: per completion token, the engine's log-prob of the sampled token (0.0 where loss_mask is 0).
+    loss_mask: per completion token, 1 when the policy sampled it (trained), 0 for environment tokens.
+    response: the final assistant text (what the verifiers judge).
+    versions: (oldest, newest) policy weight version that produced any of its sampled tokens.
+    stop_reason: why the episode ended: the engine's "stop"/"length" for one turn; for multi-turn episodes
+        also max_turns, max_tool_calls, max_completion_tokens, context_full, episode_timeout,
+        template_mismatch, tool_<error kind> (with on_error = "end"), or what the environment said.
+    token_versions: per completion token, the version that sampled it (-1 for environment tokens); empty
+        only for samples built by hand.
+    messages/spans: the conversation, and each turn's [start, end) in completion_token_ids (role
+        "assistant" sampled, "env" inserted). turn_rewards/info: what the environment gave per turn and
+        for the verifiers. turns, tool_calls, tool_errors (by kind): counts for the metrics.
+
+    The first nine fields are all a single-turn episode needs; multi-turn episodes also fill in the rest.
+    """
 
     prompt: str | list[dict[str, Any]]
     prompt_token_ids: tuple[int, ...]
@@ -55,8 +72,8 @@ class Episode:
     loss_mask: tuple[int, ...]
     response: str
     versions: tuple[int, int]
-    stop_reason: str
-    token_versions: tuple[int, ...]
+    stop_reason: str = ""
+    token_versions: tuple[int, ...] = ()
     messages: list[dict[str, Any]] | None = None
     spans: tuple[dict[str, Any], ...] = ()
     turn_rewards: tuple[float, ...] = ()
@@ -64,6 +81,11 @@ class Episode:
     turns: int = 1
     tool_calls: int = 0
     tool_errors: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.completion_token_ids)
+        assert len(self.logprobs) == n and len(self.loss_mask) == n, "per-token fields must align"
+        assert not self.token_versions or len(self.token_versions) == n, "per-token versions must align"
 
 
 class Environment(ABC):

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import functools
+from typing import Any
 
-from temper.configs.plugins import resolve_plugin
+from temper.configs.plugins import cached_resolver
 from temper.environments.base import Environment
 
 BUILTIN_ENVIRONMENTS: dict[str, str] = {
@@ -14,10 +14,15 @@ BUILTIN_ENVIRONMENTS: dict[str, str] = {
 }
 
 
-@functools.cache
-def resolve_environment(name: str) -> type[Environment]:
-    """Built-in name, then `module:attr`, then entry point; ValueError listing known names otherwise."""
-    cls = resolve_plugin(name, "environment", BUILTIN_ENVIRONMENTS, "temper.environments")
+def _check(name: str, cls: Any) -> type[Environment]:
     if not (isinstance(cls, type) and issubclass(cls, Environment)):
         raise TypeError(f"environment {name!r} is not a temper.environments.base.Environment subclass")
     return cls
+
+
+_resolve = cached_resolver("environment", BUILTIN_ENVIRONMENTS, "temper.environments", _check)
+
+
+def resolve_environment(name: str) -> type[Environment]:
+    """Built-in name, then `module:attr`, then entry point; ValueError listing known names otherwise."""
+    return _resolve(name)

@@ -1,4 +1,5 @@
-"""Reward verifiers: the contract (base), the registry, rubrics, the scoring pool and `temper rewards`.
+"""Reward verifiers: the contract (base), the registry, the rubric
+(which scores, in this process or in killable ones) and `temper rewards`.
 
 Kept import-light on purpose: importing `rewards` loads only the contract, so the CLI and config
 validation start instantly; the math verifier (sympy) loads when a rubric first names it.

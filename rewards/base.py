@@ -2,7 +2,7 @@
 
 A verifier judges untrusted model output, so it must never raise on it and never hang: a verdict it
 cannot reach is a zero score with the reason in `error`. `Verifier.verify` may raise on a bug of its own;
-the scoring pool (rewards/pool.py) catches that, times the call out, and turns both into a zero reward
+the rubric (rewards/rubric.py) catches that, times the call out, and turns both into a zero reward
 with the reason — the only place in temper that swallows exceptions.
 """
 
@@ -65,7 +65,7 @@ class Verifier(ABC):
     """
 
     Params: ClassVar[type[BaseModel]] = NoParams
-    # "process": CPU-bound Python, run in the scoring pool's killable worker processes.
+    # "process": CPU-bound Python, run in the rubric's killable scoring processes.
     # "inline": the verifier isolates and times out its own work (e.g. a sandboxed subprocess).
     isolation: ClassVar[str] = "process"
 
@@ -80,7 +80,7 @@ class Verifier(ABC):
     def quick(cls, params: BaseModel, request: VerifyRequest) -> VerifyResult | None:
         """A verdict reached from the text alone, or None when only `verify` can decide.
 
-        The scoring pool calls this in the calling process before it sends the sample to a worker, so
+        The rubric calls this in the calling process before it sends the sample to a worker, so
         it runs outside the per-sample timeout: it must take time linear in the request, import nothing
         heavy and never run untrusted code. `verify` must agree with it wherever it answers (the math
         verifier calls it first). `params` is a validated instance of `Params`.

@@ -90,10 +90,10 @@ def rewards_config(args: argparse.Namespace, n_rows: int) -> RewardsConfig:
 
 
 def score_all(cfg: RewardsConfig, requests: list[VerifyRequest]) -> list[VerifyResult]:
-    from temper.rewards.pool import RewardScorer
+    from temper.rewards.rubric import Rubric
 
-    with RewardScorer(cfg, start_workers=False) as scorer:  # rows a quick check decides need no worker
-        return scorer.score(requests)
+    with Rubric(cfg, start_workers=False) as rubric:  # rows a quick check decides need no process
+        return rubric.score(requests)
 
 
 # ---- output ------------------------------------------------------------------------------------------

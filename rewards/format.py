@@ -5,7 +5,7 @@ models re-box after rechecking ("... so \\boxed{3}. Wait, recheck: \\boxed{5}") 
 come as adjacent boxes in one expression (`x = \\boxed{1}, y = \\boxed{2}`). The rule here: the last run
 of adjacent boxes is the final answer; boxes in one run are the parts of one answer.
 This module imports nothing heavy so that `temper rewards list` stays instant, and its scans are linear
-in the text (the scoring pool runs the math verifier's quick check on them outside any timeout).
+in the text (the rubric runs the math verifier's quick check on them outside any timeout).
 """
 
 from __future__ import annotations

@@ -34,10 +34,10 @@ Deciding equality
 
 Running it
 - Math-Verify times out with SIGALRM, which fails off the main thread and cannot interrupt C code. We
-  disable it: the scoring pool (rewards/pool.py) kills the process instead. Numbers too big to evaluate
+  disable it: the rubric kills its scoring process instead (rewards/verifier_process.py). Numbers too big to evaluate
   (towers of powers, huge factorials) are detected before any evaluation and compared structurally.
 - `quick` decides an integer label against an integer answer stated explicitly without sympy, with
-  exactly the full path's verdict (a test checks); the pool runs it before sending a sample to a worker.
+  exactly the full path's verdict (a test checks); the rubric runs it before sending a sample to a process.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
 from temper.rewards.math_answers import explicit_answer, label_body, normalize_answer, whole_text_answer
 
 # sympy and Math-Verify take ~1.5 s of CPU to import: they load in MathVerifier.__init__ (once per scoring
-# process), so that `temper rewards list`, config validation and `quick` (the scoring pool's caller)
+# process), so that `temper rewards list`, config validation and `quick` (the rubric's caller)
 # stay fast.
 sympy: Any = None
 mv: Any = None

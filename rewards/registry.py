@@ -2,7 +2,7 @@
 
 Built-ins are import strings, not classes, so listing them (`temper rewards list`) imports nothing heavy
 and a built-in whose module is missing or broken shows up as unavailable instead of crashing the list.
-Resolution is cached per process, so calling it again in every Ray worker is cheap and idempotent.
+Resolution is cached per process (configs/plugins.py), so calling it again in every Ray worker is cheap.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from temper.configs.plugins import plugin_entry_points, resolve_plugin
+from temper.configs.plugins import cached_resolver, plugin_entry_points
 from temper.rewards.base import NoParams, Verifier, VerifyRequest, VerifyResult
 
 BUILTIN_VERIFIERS: dict[str, str] = {
@@ -24,16 +24,6 @@ BUILTIN_VERIFIERS: dict[str, str] = {
     "code": "temper.rewards.code:CodeVerifier",
 }
 ENTRY_POINT_GROUP = "temper.verifiers"
-
-_resolved: dict[str, type[Verifier] | Callable[..., Any]] = {}
-
-
-def _entry_points() -> dict[str, Any]:
-    return plugin_entry_points(ENTRY_POINT_GROUP)
-
-
-def known_names() -> list[str]:
-    return sorted(set(BUILTIN_VERIFIERS) | set(_entry_points()))
 
 
 def _check(name: str, obj: Any) -> type[Verifier] | Callable[..., Any]:
@@ -46,13 +36,12 @@ def _check(name: str, obj: Any) -> type[Verifier] | Callable[..., Any]:
     raise ValueError(f"verifier {name!r}: {obj!r} is neither a Verifier class nor a function")
 
 
+_resolve = cached_resolver("verifier", BUILTIN_VERIFIERS, ENTRY_POINT_GROUP, _check)
+
+
 def resolve_verifier(name: str) -> type[Verifier] | Callable[..., Any]:
     """A Verifier subclass or a plain function `f(request) -> float | VerifyResult`, by name."""
-    if name in _resolved:
-        return _resolved[name]
-    obj = resolve_plugin(name, "verifier", BUILTIN_VERIFIERS, ENTRY_POINT_GROUP)
-    _resolved[name] = _check(name, obj)
-    return _resolved[name]
+    return _resolve(name)
 
 
 class FunctionVerifier(Verifier):
@@ -122,7 +111,7 @@ def _info(name: str, source: str, target: str) -> VerifierInfo:
 def list_verifiers() -> list[VerifierInfo]:
     """Every built-in and entry-point verifier, with its parameters (or why it cannot be imported)."""
     infos = [_info(name, "builtin", target) for name, target in BUILTIN_VERIFIERS.items()]
-    for name, ep in sorted(_entry_points().items()):
+    for name, ep in sorted(plugin_entry_points(ENTRY_POINT_GROUP).items()):
         if name not in BUILTIN_VERIFIERS:
             dist = ep.dist.name if ep.dist is not None else "?"
             infos.append(_info(name, f"entry point ({dist})", ep.value))

@@ -1,4 +1,17 @@
-"""The reward rubric: a weighted sum of verifiers, as written in a run config's `[rewards]`.
+"""The reward rubric: a weighted sum of verifiers, as written in a run config's `[rewards]`, and the one
+engine that scores samples with it.
+
+`Rubric(cfg)` scores on `cfg.num_workers` killable processes (rewards/verifier_process.py), each call under
+the hard `timeout_s`; `Rubric(cfg, processes=0)` scores in this process, with no timeout (`temper env
+try`, tests). Both answer `score` (blocking) and `ascore` (awaited without blocking the event loop).
+Verifiers with `isolation == "inline"` (they sandbox and time out their own work) always run in this
+process's threads.
+
+Before a sample goes to a process, the verifier's `quick` check (base.py) runs in the calling thread: a
+verdict it reaches from the text alone, in linear time, needs no killable process and no heavy import.
+For the math verifier that is an integer label against an integer answer (most GSM8K-style rows), so
+`temper rewards score` on such a row answers without a process (they start on first need there), and
+close() kills a process that never became ready instead of waiting for its imports to finish.
 
 The breakdown is flat so that it logs as metrics and diffs line by line in `temper rewards replay`:
 each term's score under its name (`term.name or term.verifier`), and the term's own breakdown under
@@ -7,16 +20,26 @@ each term's score under its name (`term.name or term.verifier`), and the term's 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import multiprocessing as mp
+import os
+import queue
+import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Self
 
 from pydantic import ValidationError
 
 from temper.configs.load import ConfigError
 from temper.configs.schema import RewardsConfig, RewardTerm
 from temper.rewards.base import Verifier, VerifyRequest, VerifyResult
-from temper.rewards.registry import params_model, resolve_verifier
+from temper.rewards.registry import build_verifier, params_model, resolve_verifier
+from temper.rewards.verifier_process import VerifierProcess, run_verifier
 
 
 def term_name(term: RewardTerm) -> str:
@@ -57,13 +80,6 @@ def validate_rewards_config(cfg: RewardsConfig) -> None:
         raise ConfigError("invalid rewards config:\n  " + "\n  ".join(problems))
 
 
-@dataclass
-class Term:
-    name: str
-    weight: float
-    verifier: Verifier
-
-
 def combine(terms: list[tuple[str, float]], results: list[VerifyResult], correct_term: str) -> VerifyResult:
     """Weighted sum of per-term results (in term order) into one result with a flat breakdown; correct when
     the term named `correct_term` scored in full."""
@@ -91,37 +107,142 @@ def add_turn_rewards(result: VerifyResult, turn_rewards: tuple[float, ...] | lis
     return replace(result, score=result.score + weight * total, breakdown=breakdown)
 
 
-def run_verifier(verifier: Verifier, request: VerifyRequest) -> VerifyResult:
-    """Call a verifier, turning its exceptions into a zero score with the reason."""
-    start = time.perf_counter()
-    try:
-        res = verifier.verify(request)
-        if not isinstance(res, VerifyResult):
-            raise TypeError(f"verify() returned {type(res).__name__}, expected VerifyResult")
-        return res
-    except Exception as e:  # noqa: BLE001 -- the one place exceptions become rewards: a zero with the reason
-        return VerifyResult(0.0, {}, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+def _quick_check(name: str, params: dict[str, Any]) -> Callable[[VerifyRequest], VerifyResult | None] | None:
+    """`request -> VerifyResult | None` running the verifier's own `quick`, or None when it has none."""
+    cls = resolve_verifier(name)
+    if not isinstance(cls, type):
+        return None
+    hook = inspect.getattr_static(cls, "quick", None)
+    if not isinstance(hook, classmethod) or hook is inspect.getattr_static(Verifier, "quick"):
+        return None  # the base's (no quick verdicts), or a plugin's own unrelated `quick`
+    validated = params_model(cls).model_validate(params)
+
+    def check(request: VerifyRequest) -> VerifyResult | None:
+        start = time.perf_counter()
+        try:
+            result = cls.quick(validated, request)
+        except Exception as e:  # noqa: BLE001 -- the same zero-with-the-reason a process would report
+            return VerifyResult(0.0, {}, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+        if result is None:
+            return None
+        return VerifyResult(result.score, result.breakdown, result.error, time.perf_counter() - start)
+
+    return check
 
 
 class Rubric:
-    """Verifiers with weights. `score` runs them in this process with no timeout; the scoring pool
-    (rewards/pool.py) is what runs them under a hard timeout."""
+    """Scores requests with the terms of `cfg`; results in request order.
 
-    def __init__(self, terms: list[Term], correct_term: str | None = None) -> None:
-        self.terms = terms
-        self.correct_term = correct_term or terms[0].name
+    processes: how many killable scoring processes (default `cfg.num_workers`, 0 there meaning all cores);
+        0 here scores every term in this process's threads, with no timeout.
+    start_workers: spawn the processes now, so that their imports overlap with each other and with the
+        caller's own start-up (training); False spawns each on first need (`temper rewards`, where quick
+        checks may decide every row and the next thing after construction is scoring anyway).
+    """
 
-    @classmethod
-    def from_config(cls, cfg: RewardsConfig) -> Rubric:
-        from temper.rewards.registry import build_verifier
-
+    def __init__(self, cfg: RewardsConfig, processes: int | None = None, start_workers: bool = True) -> None:
+        self.cfg = cfg
         validate_rewards_config(cfg)
-        terms = [Term(term_name(t), t.weight, build_verifier(t.verifier, t.params)) for t in cfg.terms]
-        return cls(terms, correct_term_name(cfg))
+        self.weights = [(term_name(t), t.weight) for t in cfg.terms]
+        self.correct_term = correct_term_name(cfg)
+        n = (cfg.num_workers or os.cpu_count() or 1) if processes is None else processes
+        # Inline terms are built here; the others (and their heavy imports) live in the processes.
+        self.inline = [n == 0 or getattr(resolve_verifier(t.verifier), "isolation", "process") == "inline"
+                       for t in cfg.terms]
+        self._inline_verifiers = {
+            i: build_verifier(t.verifier, t.params) for i, t in enumerate(cfg.terms) if self.inline[i]
+        }
+        self._quick = {i: quick for i, t in enumerate(cfg.terms) if not self.inline[i]
+                       and (quick := _quick_check(t.verifier, t.params)) is not None}
+        indices = [i for i, inline in enumerate(self.inline) if not inline]
+        ctx = mp.get_context("spawn")
+        self._workers = [VerifierProcess(ctx, cfg.model_dump_json(), indices) for _ in range(n if indices else 0)]
+        for w in self._workers if start_workers else []:
+            w.start()
+        self._idle: queue.Queue[VerifierProcess] = queue.Queue()
+        for w in self._workers:
+            self._idle.put(w)
+        self._proc_exec = ThreadPoolExecutor(max(1, n), thread_name_prefix="reward-proc")
+        self._inline_exec = ThreadPoolExecutor(max(4, n), thread_name_prefix="reward-inline")
+        self._lock = threading.Lock()
+        self._stats = {"calls": 0, "errors": 0, "timeouts": 0, "crashes": 0, "seconds": 0.0}
+        self._closed = False
+        self._finalizer = weakref.finalize(self, Rubric._shutdown, self._workers, self._proc_exec, self._inline_exec)
 
-    @property
-    def weights(self) -> list[tuple[str, float]]:
-        return [(t.name, t.weight) for t in self.terms]
+    # ---- one (term, request) ---------------------------------------------------------------------
 
-    def score(self, request: VerifyRequest) -> VerifyResult:
-        return combine(self.weights, [run_verifier(t.verifier, request) for t in self.terms], self.correct_term)
+    def _in_process(self, index: int, request: VerifyRequest) -> VerifyResult:
+        if index in self._quick and (result := self._quick[index](request)) is not None:
+            self._count(result, "ok")
+            return result
+        worker = self._idle.get()
+        try:
+            result, outcome = worker.call(index, request, self.cfg.timeout_s)
+        finally:
+            self._idle.put(worker)
+        self._count(result, outcome)
+        return result
+
+    def _in_thread(self, index: int, request: VerifyRequest) -> VerifyResult:
+        result = run_verifier(self._inline_verifiers[index], request)
+        self._count(result, "ok")
+        return result
+
+    def _count(self, result: VerifyResult, outcome: str) -> None:
+        with self._lock:
+            self._stats["calls"] += 1
+            self._stats["errors"] += result.error is not None
+            self._stats["timeouts"] += outcome == "timeout"
+            self._stats["crashes"] += outcome == "crash"
+            self._stats["seconds"] += result.seconds
+
+    def _submit(self, requests: list[VerifyRequest]) -> list[list[Future[VerifyResult]]]:
+        if self._closed:
+            raise RuntimeError("Rubric is closed")
+        return [
+            [
+                (self._inline_exec.submit(self._in_thread, i, r) if inline
+                 else self._proc_exec.submit(self._in_process, i, r))
+                for i, inline in enumerate(self.inline)
+            ]
+            for r in requests
+        ]
+
+    # ---- public ----------------------------------------------------------------------------------
+
+    def score(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
+        """Score all requests in parallel; results in the same order."""
+        futures = self._submit(requests)
+        return [combine(self.weights, [f.result() for f in per_request], self.correct_term) for per_request in futures]
+
+    async def ascore(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
+        """Like score, awaited without blocking the event loop (the work runs in threads/processes)."""
+        futures = self._submit(requests)
+        out = []
+        for per_request in futures:
+            results = await asyncio.gather(*(asyncio.wrap_future(f) for f in per_request))
+            out.append(combine(self.weights, list(results), self.correct_term))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counts since construction: calls (term x sample), errors, timeouts, crashes, seconds."""
+        with self._lock:
+            return {**self._stats, "workers": len(self._workers)}
+
+    @staticmethod
+    def _shutdown(workers: list[VerifierProcess], *executors: ThreadPoolExecutor) -> None:
+        for ex in executors:
+            ex.shutdown(wait=False, cancel_futures=True)
+        for w in workers:
+            w.stop()
+
+    def close(self) -> None:
+        """Stop and reap every scoring process. Idempotent."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

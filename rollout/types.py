@@ -12,8 +12,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the learner imports these types; it needs neither environments nor rewards
-    from temper.environments.base import Episode
+# Light at run time (pydantic and the environment contract, no torch): the learner imports Sample.
+from temper.environments.base import Episode
+
+if TYPE_CHECKING:
     from temper.rewards.base import VerifyResult
 
 # Fields stored as tuples (JSON gives lists back).
@@ -21,64 +23,32 @@ _TUPLE_FIELDS = ("prompt_token_ids", "completion_token_ids", "logprobs", "loss_m
                  "spans", "turn_rewards")
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One finished episode of one prompt.
+@dataclass(frozen=True, kw_only=True)
+class Sample(Episode):
+    """One finished, scored episode of one prompt: the environment's Episode (see its fields there) plus
+    what the rollout worker knows.
 
-    prompt_token_ids: the tokens the engine was first given (chat template applied).
-    completion_token_ids: every token after the prompt: sampled tokens and, in multi-turn episodes,
-        tool/environment tokens in between.
-    logprobs: per completion token, the engine's log-prob of the sampled token (0.0 where loss_mask is 0).
-    loss_mask: per completion token, 1 when the policy sampled it (trained), 0 for environment tokens.
-    versions: (oldest, newest) policy weight version that produced any of its sampled tokens.
-    token_versions: per completion token, the version that sampled it (-1 for environment tokens); empty
-        only for samples built by hand.
+    id, group_id: this sample and its group (one prompt's `group_size` samples).
+    label, metadata: the row's ground truth and its other fields (what the verifiers were given).
     reward: the rubric's total (verifiers plus the environment's turn rewards); breakdown: each part;
         error: why it could not be judged. correct: the rubric's correctness term scored in full.
-    stop_reason: why the episode ended: the engine's "stop"/"length" for one turn; for multi-turn episodes
-        also max_turns, max_tool_calls, max_completion_tokens, context_full, episode_timeout,
-        template_mismatch, tool_<error kind> (with on_error = "end"), or what the environment said.
-    messages/spans: the conversation, and each turn's [start, end) in completion_token_ids (role
-        "assistant" sampled, "env" inserted). turn_rewards/info: what the environment gave per turn and
-        for the verifiers. turns, tool_calls, tool_errors (by kind): counts for the metrics.
     """
 
     id: str
     group_id: str
-    prompt: str | list[dict[str, Any]]
-    response: str
     label: Any
-    prompt_token_ids: tuple[int, ...]
-    completion_token_ids: tuple[int, ...]
-    logprobs: tuple[float, ...]
-    loss_mask: tuple[int, ...]
-    versions: tuple[int, int]
     reward: float
     correct: bool
     breakdown: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    stop_reason: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
-    messages: list[dict[str, Any]] | None = None
-    token_versions: tuple[int, ...] = ()
-    spans: tuple[dict[str, Any], ...] = ()
-    turn_rewards: tuple[float, ...] = ()
-    info: dict[str, Any] = field(default_factory=dict)
-    turns: int = 1
-    tool_calls: int = 0
-    tool_errors: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        n = len(self.completion_token_ids)
-        assert len(self.logprobs) == n and len(self.loss_mask) == n, "per-token fields must align"
-        assert not self.token_versions or len(self.token_versions) == n, "per-token versions must align"
 
     @classmethod
     def from_episode(
         cls, episode: Episode, result: VerifyResult, *, id: str, group_id: str, label: Any, metadata: dict[str, Any]
     ) -> Sample:
         """An environment's episode plus the scorer's verdict on it."""
-        own = {f.name: getattr(episode, f.name) for f in fields(episode)}
+        own = {name: getattr(episode, name) for name in _EPISODE_FIELDS}
         return cls(
             id=id, group_id=group_id, label=label, metadata=metadata, **own,
             reward=result.score, correct=bool(result.correct), breakdown=result.breakdown, error=result.error,
@@ -94,7 +64,9 @@ class Sample:
         return cls(**{k: tuple(v) if k in _TUPLE_FIELDS else v for k, v in d.items()})
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(Sample))
+_EPISODE_FIELDS = tuple(f.name for f in fields(Episode))
+# A rollouts.jsonl line opens with the ids, then the episode, then the verdict.
+_FIELD_NAMES = ("id", "group_id") + tuple(f.name for f in fields(Sample) if f.name not in ("id", "group_id"))
 
 
 def json_default(obj: Any) -> Any:

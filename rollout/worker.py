@@ -2,7 +2,8 @@
 
 The loop is deliberately plain: ask the buffer for the next prompt (it waits for a slot under the
 staleness throttle and keeps this worker's data cursor, so a replacement worker or a resumed run carries
-on where this one stopped), run the environment for `group_size` episodes, score them, put the group. Up
+on where this one stopped), turn the row into a scored group of `group_size` samples (rollout/groups.py,
+with this worker's engine generating), put the group. Up
 to `max_concurrent_groups` of these run at once so the engine always has a full batch; weight updates
 arrive on the same event loop between engine steps and never interrupt a request. A dead engine ends the
 loop with `EngineDied` and returns no slot: the driver re-issues its groups to a replacement worker.
@@ -20,10 +21,11 @@ from typing import Any, Protocol
 
 from temper.configs.data import load_prompts
 from temper.configs.schema import RunConfig
-from temper.environments.registry import resolve_environment
+from temper.rewards.rubric import Rubric
 from temper.rollout.activity import Activity, Span
 from temper.rollout.dispatch import Ticket
-from temper.rollout.types import Group, Sample
+from temper.rollout.groups import GroupRunner, make_environment
+from temper.rollout.types import Group
 
 
 class BufferLike(Protocol):
@@ -42,8 +44,7 @@ class RolloutWorker:
         self.index = index
         self.buffer = buffer
         self.engine = None
-        self.env = None
-        self.scorer = None
+        self.runner = None  # rollout/groups.py: row -> scored group, in the run's environment with its rubric
         self.generated_tokens = 0
         self.finished_groups = 0
         self.failed_groups = 0
@@ -54,13 +55,12 @@ class RolloutWorker:
         self.activity = Activity(exclusive=("paused",))
 
     async def start(self, model_path: str | None = None, version: int = 0) -> dict[str, float]:
-        """Build the engine, the environment and the scoring pool (slow: call once). model_path/version:
-        the weights to start from (default model.path as version 0; a checkpoint when resuming). Returns
+        """Build the engine, the environment and the rubric's scoring processes (slow: call once).
+        model_path/version: the weights to start from (default model.path as version 0; a checkpoint when resuming). Returns
         where the time went: importing vLLM, the engine (its processes, the model load, the KV cache), the rest."""
         t0 = time.perf_counter()
         import vllm.v1.engine.async_llm  # noqa: F401 - timed on its own: the engine imports it anyway
 
-        from temper.rewards.pool import RewardScorer
         from temper.rollout.engine import Engine
 
         t_import = time.perf_counter()
@@ -71,17 +71,18 @@ class RolloutWorker:
         )
         await self.engine.init(version)
         t_engine = time.perf_counter()
-        self.attach(self.engine, RewardScorer(cfg.rewards))
+        self.attach(self.engine, Rubric(cfg.rewards))
         return {"import_s": t_import - t0, "engine_s": t_engine - t_import, "rest_s": time.perf_counter() - t_engine}
 
-    def attach(self, engine: Any, scorer: Any) -> None:
-        """Use this engine and scoring pool (tests share one engine across many workers this way)."""
-        cfg = self.cfg
-        self.engine, self.scorer = engine, scorer
-        env_cls = resolve_environment(cfg.environment.name)
-        params = env_cls.Params.model_validate(cfg.environment.params)
-        self.env = env_cls(params, engine.tokenizer, cfg.data.prompt_key, cfg.data.system_prompt,
-                           max_model_len=cfg.rollout.engine.max_model_len)
+    def attach(self, engine: Any, rubric: Rubric, env: Any = None) -> None:
+        """Use this engine and rubric (tests share one engine across many workers this way); env: an
+        environment instead of the run's."""
+        self.engine = engine
+        self.runner = GroupRunner(self.cfg, env or make_environment(self.cfg, engine.tokenizer), rubric)
+
+    @property
+    def rubric(self) -> Rubric | None:
+        return self.runner.rubric if self.runner is not None else None
 
     # ------------------------------------------------------------------ the loop
     def _shard(self) -> list[dict[str, Any]]:
@@ -157,33 +158,17 @@ class RolloutWorker:
                             env: Any = None) -> Group:
         """Run and score one group of `row`: `group_size` sampled episodes, or one greedy episode.
         env: another environment to run it in (default the run's)."""
-        from temper.rewards.base import VerifyRequest
-        from temper.rewards.rubric import add_turn_rewards
-
-        limit = self.cfg.rollout.sampling.max_tokens
 
         async def generate(prompt_ids: list[int], n: int, max_tokens: int | None = None):
-            cap = limit if max_tokens is None else min(max_tokens, limit)
             with self.activity.during("eval" if greedy else "busy"):
-                return await self.engine.generate(prompt_ids, 1 if greedy else n, greedy=greedy, max_tokens=cap)
+                return await self.engine.generate(prompt_ids, 1 if greedy else n, greedy=greedy, max_tokens=max_tokens)
 
-        n = 1 if greedy else self.cfg.rollout.group_size
-        episodes = await (env or self.env).run_group(row, generate, n)
-        label = row.get(self.cfg.data.label_key)
-        metadata = {k: v for k, v in row.items() if k not in (self.cfg.data.prompt_key, self.cfg.data.label_key)}
-        results = await self.scorer.ascore(
-            [VerifyRequest(e.response, label, e.prompt, metadata, e.messages, e.info) for e in episodes]
-        )
-        weight = self.cfg.rewards.turn_reward_weight
-        results = [add_turn_rewards(r, e.turn_rewards, weight) for e, r in zip(episodes, results, strict=True)]
-        samples = [
-            Sample.from_episode(e, r, id=f"{group_id}-s{j}", group_id=group_id, label=label, metadata=metadata)
-            for j, (e, r) in enumerate(zip(episodes, results, strict=True))
-        ]
+        runner = self.runner if env is None else self.runner.with_environment(env)
+        group = await runner.run(row, generate, 1 if greedy else self.cfg.rollout.group_size, group_id)
         if not greedy:
-            self.generated_tokens += sum(sum(e.loss_mask) for e in episodes)
+            self.generated_tokens += sum(sum(s.loss_mask) for s in group.samples)
             self.finished_groups += 1
-        return Group(group_id, tuple(samples))
+        return group
 
     # ------------------------------------------------------------------ control
     # The learner drives these through vLLM's weight-transfer API (learner/weight_sync.py).
@@ -210,7 +195,7 @@ class RolloutWorker:
     async def evaluate(self, rows: list[dict[str, Any]], without_tools: bool = False) -> list[dict[str, Any]]:
         """Greedy, one sample per row: whether it is correct (the rubric's correctness term), its tool calls
         and tool errors. without_tools: in the same environment offering no tools (tool environments only)."""
-        env = self.env.without_tools() if without_tools else self.env
+        env = self.runner.env.without_tools() if without_tools else None
         groups = await asyncio.gather(
             *(self.rollout_group(f"eval-{i}", r, greedy=True, env=env) for i, r in enumerate(rows))
         )
@@ -234,8 +219,8 @@ class RolloutWorker:
         self._stop.set()
 
     def shutdown(self) -> None:
-        if self.scorer is not None:
-            self.scorer.close()
+        if self.runner is not None:
+            self.runner.rubric.close()
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None

@@ -88,27 +88,16 @@ class Replies:
 
 
 def run(cfg: RunConfig, row: dict[str, Any], replies: list[str], tokenizer_path: str | None):
-    from temper.environments.registry import resolve_environment
-    from temper.rewards.base import VerifyRequest
-    from temper.rewards.rubric import Rubric, add_turn_rewards
+    """The episode and its verdict, through the same row -> scored group steps as training (rollout/groups.py),
+    scored in this process."""
+    from temper.rewards.rubric import Rubric
+    from temper.rollout.groups import GroupRunner, make_environment
 
     tok = tokenizer_for(cfg, tokenizer_path)
-    env_cls = resolve_environment(cfg.environment.name)
-    env = env_cls(env_cls.Params.model_validate(cfg.environment.params), tok, cfg.data.prompt_key,
-                  cfg.data.system_prompt, max_model_len=cfg.rollout.engine.max_model_len,
-                  special_tokens=cfg.data.special_tokens)
-    limit = cfg.rollout.sampling.max_tokens
-    engine = Replies(tok, replies)
-
-    async def generate(prompt_ids, n, max_tokens=None):
-        return await engine(prompt_ids, n, limit if max_tokens is None else min(max_tokens, limit))
-
-    (ep,) = asyncio.run(env.run_group(row, generate, 1))
-    label = row.get(cfg.data.label_key)
-    metadata = {k: v for k, v in row.items() if k not in (cfg.data.prompt_key, cfg.data.label_key)}
-    result = Rubric.from_config(cfg.rewards).score(VerifyRequest(ep.response, label, ep.prompt, metadata,
-                                                                 ep.messages, ep.info))
-    return tok, ep, add_turn_rewards(result, ep.turn_rewards, cfg.rewards.turn_reward_weight)
+    with Rubric(cfg.rewards, processes=0) as rubric:
+        runner = GroupRunner(cfg, make_environment(cfg, tok), rubric)
+        ((ep, result),) = asyncio.run(runner.scored(row, Replies(tok, replies), 1))
+    return tok, ep, result
 
 
 def show(tok, ep, result) -> None:

@@ -13,7 +13,7 @@ from temper.configs.data import load_rows
 from temper.configs.load import load_config
 from temper.job import prepare
 from temper.learner.learner import Learner
-from temper.rewards.pool import RewardScorer
+from temper.rewards.rubric import Rubric
 from temper.rollout.worker import RolloutWorker
 
 pytestmark = pytest.mark.slow
@@ -31,8 +31,8 @@ def test_recipe_trains_two_real_steps(recipe, tmp_path, demo_assets, shared_engi
     learner = Learner(cfg, str(tmp_path / "weights"))
     learner.connect_engines(local_engines(engine), 1)
     worker = RolloutWorker(cfg, 0, None)
-    with RewardScorer(cfg.rewards) as scorer:
-        worker.attach(engine, scorer)
+    with Rubric(cfg.rewards) as rubric:
+        worker.attach(engine, rubric)
         rows = load_rows(cfg.data.train)[:4]
 
         async def groups_of(step: int):

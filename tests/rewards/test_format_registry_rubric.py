@@ -98,12 +98,12 @@ def test_list_shows_sources_params_and_unavailable():
 
 def test_rubric_weights_and_breakdown():
     cfg = RewardsConfig(terms=[RewardTerm(verifier="math"), RewardTerm(verifier="format", weight=0.1)])
-    rubric = Rubric.from_config(cfg)
-    res = rubric.score(VerifyRequest(response=r"\boxed{84}", label=85))
+    rubric = Rubric(cfg, processes=0)
+    (res,) = rubric.score([VerifyRequest(response=r"\boxed{84}", label=85)])
     assert res.score == pytest.approx(0.1)  # 1.0 * 0 + 0.1 * 1
     assert res.breakdown["math"] == 0.0 and res.breakdown["format"] == 1.0
     assert res.breakdown["math/verdict"] == "wrong" and res.breakdown["format/formatted"] is True
-    assert rubric.score(VerifyRequest(response=r"\boxed{85}", label=85)).score == pytest.approx(1.1)
+    assert rubric.score([VerifyRequest(response=r"\boxed{85}", label=85)])[0].score == pytest.approx(1.1)
 
 
 class Boom(Verifier):
@@ -113,7 +113,7 @@ class Boom(Verifier):
 
 def test_rubric_turns_exceptions_into_errors():
     cfg = RewardsConfig(terms=[RewardTerm(verifier=f"{__name__}:Boom", name="boom"), RewardTerm(verifier="format")])
-    res = Rubric.from_config(cfg).score(VerifyRequest(response=r"\boxed{1}"))
+    (res,) = Rubric(cfg, processes=0).score([VerifyRequest(response=r"\boxed{1}")])
     assert res.score == 1.0 and res.error == "boom: RuntimeError: bug in verifier"
 
 
@@ -136,6 +136,6 @@ def test_rubric_from_a_toml_config(tmp_path):
         "[[rewards.terms]]\nverifier = \"math\"\nparams = { require_boxed = true }\n\n"
         "[[rewards.terms]]\nverifier = \"format\"\nweight = 0.1\n"
     )
-    rubric = Rubric.from_config(load_config(path).rewards)
-    assert rubric.score(VerifyRequest(response="85", label=85)).score == 0.0  # not boxed
-    assert rubric.score(VerifyRequest(response=r"\boxed{85}", label=85)).score == pytest.approx(1.1)
+    rubric = Rubric(load_config(path).rewards, processes=0)
+    assert rubric.score([VerifyRequest(response="85", label=85)])[0].score == 0.0  # not boxed
+    assert rubric.score([VerifyRequest(response=r"\boxed{85}", label=85)])[0].score == pytest.approx(1.1)

@@ -33,9 +33,9 @@ def test_plugin_installs_and_is_used_by_name(tmp_path):
         info = {{i.name: i for i in list_verifiers()}}["contains_label"]
         assert info.source == "entry point (temper-example-verifier)", info
         assert "case_sensitive" in info.params
-        rubric = Rubric.from_config(load_config({str(config)!r}).rewards)
-        assert rubric.score(VerifyRequest(response="It is PARIS.", label="Paris")).score == 0.0
-        assert rubric.score(VerifyRequest(response="It is Paris.", label="Paris")).breakdown == {{
+        rubric = Rubric(load_config({str(config)!r}).rewards, processes=0)
+        assert rubric.score([VerifyRequest(response="It is PARIS.", label="Paris")])[0].score == 0.0
+        assert rubric.score([VerifyRequest(response="It is Paris.", label="Paris")])[0].breakdown == {{
             "contains_label": 1.0, "contains_label/found": True}}
         print("OK")
     """)

@@ -1,5 +1,5 @@
 """RolloutWorker's loop without Ray or vLLM: a fake engine (fixed answers) beside the real environment,
-tokenizer, scoring pool and buffer. The real engine runs in test_engine.py and the real job tests."""
+tokenizer, rubric and buffer. The real engine runs in test_engine.py and the real job tests."""
 
 import asyncio
 
@@ -7,7 +7,7 @@ import pytest
 
 from temper.configs.schema import BufferConfig, RunConfig
 from temper.environments.single_turn import SingleTurnEnvironment
-from temper.rewards.pool import RewardScorer
+from temper.rewards.rubric import Rubric
 from temper.rollout.buffer import ReplayBuffer
 from temper.rollout.dispatch import PromptDispatch
 from temper.rollout.engine import Completion
@@ -49,8 +49,8 @@ def make_worker(demo_assets, buffer, env_cls=SingleTurnEnvironment):
     worker = RolloutWorker(cfg, 0, buffer)
     tok = AutoTokenizer.from_pretrained(demo_assets["model"])
     rows = load_rows(demo_assets["train"])
-    worker.attach(FakeEngine(tok, {r["prompt"]: r["label"] for r in rows}), RewardScorer(cfg.rewards))
-    worker.env = env_cls(env_cls.Params(), tok, "prompt", None)
+    worker.attach(FakeEngine(tok, {r["prompt"]: r["label"] for r in rows}), Rubric(cfg.rewards),
+                  env_cls(env_cls.Params(), tok, "prompt", None))
     return worker, rows
 
 
@@ -63,7 +63,7 @@ def test_loop_fills_the_buffer_with_scored_groups(demo_assets):
         await worker.stop()
         await buffer.close()
         await run
-        worker.scorer.close()
+        worker.rubric.close()
         return batch, worker.stats()
 
     batch, stats = asyncio.run(main())
@@ -80,7 +80,7 @@ def test_evaluate_is_greedy_and_scored(demo_assets):
     async def main():
         worker, rows = make_worker(demo_assets, None)
         items = await worker.evaluate(rows[:5])
-        worker.scorer.close()
+        worker.rubric.close()
         return items
 
     # greedy = sample 0 = the right answer; the single-turn environment calls no tools
@@ -99,7 +99,7 @@ def test_a_worker_whose_groups_keep_failing_stops_loudly(demo_assets):
         try:
             await asyncio.wait_for(worker.run(), 60)
         finally:
-            worker.scorer.close()
+            worker.rubric.close()
 
     with pytest.raises(RuntimeError, match=r"groups failed, 0 succeeded; last error:[\s\S]*KeyError"):
         asyncio.run(main())
@@ -134,7 +134,7 @@ def test_a_dead_engine_ends_the_loop_and_keeps_its_groups_in_flight_for_a_replac
             with pytest.raises(EngineDied, match="the vLLM engine died: RuntimeError: EngineDeadError"):
                 await asyncio.wait_for(worker.run(), 60)
         finally:
-            worker.scorer.close()
+            worker.rubric.close()
         stats = buffer.stats()
         lost = await buffer.requeue_worker(0)
         return worker, stats, lost
@@ -163,7 +163,7 @@ def test_worker_records_busy_eval_and_paused_spans(demo_assets):
         await worker.rollout_group("g0", rows[0])
         await worker.weights_start()
         await worker.weights_finish(4)
-        worker.scorer.close()
+        worker.rubric.close()
         return worker.drain_spans(), worker.drain_spans()
 
     spans, again = asyncio.run(main())

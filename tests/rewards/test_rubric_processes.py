@@ -1,6 +1,8 @@
-"""The scoring pool: order, parallelism, hard timeouts that kill, crashes, async, no lingering workers."""
+"""The rubric scoring in killable processes: order, parallelism, hard timeouts that kill, crashes, async,
+no lingering processes; and the same rubric scoring in this process (processes=0)."""
 
 import asyncio
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import pytest
 
 from temper.configs.schema import RewardsConfig, RewardTerm
 from temper.rewards.base import VerifyRequest
-from temper.rewards.pool import RewardScorer
+from temper.rewards.rubric import Rubric
 
 PLUGIN = textwrap.dedent('''
     import os, time
@@ -73,6 +75,11 @@ def _cfg(timeout_s=1.0, workers=2, *terms):
                          timeout_s=timeout_s, num_workers=workers)
 
 
+def _scoring_pids(before=()):
+    """This process's live multiprocessing children (the rubrics' scoring processes), less those in `before`."""
+    return sorted(p.pid for p in mp.active_children() if p.pid not in before)
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)
@@ -84,7 +91,7 @@ def _alive(pid):
 
 @pytest.fixture(scope="module")
 def scorer(plugin_path):
-    with RewardScorer(_cfg()) as s:
+    with Rubric(_cfg()) as s:
         s.score([VerifyRequest(response="0")] * 2)  # wait for both workers to be up
         yield s
 
@@ -100,7 +107,7 @@ def test_order_and_parallelism(scorer):
 
 def test_timeout_kills_and_respawns(scorer):
     before = scorer.stats()
-    pids = scorer.worker_pids()
+    pids = _scoring_pids()
     start = time.perf_counter()
     results = scorer.score([VerifyRequest(response="spin"), VerifyRequest(response="0")])
     assert time.perf_counter() - start < 15  # a hang guard: the 1 s timeout, not the spin, ended it (see error)
@@ -141,8 +148,9 @@ def test_ascore_does_not_block_the_event_loop(scorer):
 
 def test_inline_verifiers_run_in_the_parent(plugin_path):
     cfg = _cfg(1.0, 1, RewardTerm(verifier="pool_fixture_verifiers:Inline", name="Inline"))
-    with RewardScorer(cfg) as s:
-        assert s.worker_pids() == []  # no process terms, no processes
+    before = _scoring_pids()
+    with Rubric(cfg) as s:
+        assert _scoring_pids(before) == []  # no process terms, no processes
         (res,) = s.score([VerifyRequest(response="x")])
     assert res.breakdown["Inline/pid"] == os.getpid()
 
@@ -150,42 +158,44 @@ def test_inline_verifiers_run_in_the_parent(plugin_path):
 def test_quick_verdicts_come_from_the_caller_without_waiting_for_a_worker(plugin_path):
     slow_start = RewardTerm(verifier="pool_fixture_verifiers:Quick", name="Quick", params={"init_s": 120})
     start = time.perf_counter()
-    with RewardScorer(_cfg(5.0, 1, slow_start)) as s:
+    before = _scoring_pids()
+    with Rubric(_cfg(5.0, 1, slow_start)) as s:
         decided, broken = s.score([VerifyRequest(response="q:1"), VerifyRequest(response="boom")])
-        pids = s.worker_pids()
+        pids = _scoring_pids(before)
     assert time.perf_counter() - start < 60  # a hang guard: neither the scores nor close() waited for the 120 s start
     assert decided.score == 1.0 and decided.breakdown["Quick/pid"] == os.getpid()
     assert broken.score == 0.0 and broken.error == "Quick: ValueError: quick broke"
     assert len(pids) == 1 and not _alive(pids[0])  # the still-starting worker was killed
     quick_term = RewardTerm(verifier="pool_fixture_verifiers:Quick", name="Quick")
-    with RewardScorer(_cfg(5.0, 1, quick_term), start_workers=False) as s:
+    with Rubric(_cfg(5.0, 1, quick_term), start_workers=False) as s:
         s.score([VerifyRequest(response="q:0")])
-        assert s.worker_pids() == []  # what `temper rewards` does: workers start on first need
+        assert _scoring_pids(before) == []  # what `temper rewards` does: processes start on first need
         (undecided,) = s.score([VerifyRequest(response="x")])
-        assert s.stats()["calls"] == 2 and len(s.worker_pids()) == 1
+        assert s.stats()["calls"] == 2 and len(_scoring_pids(before)) == 1
     assert undecided.score == 0.5 and undecided.breakdown["Quick/pid"] != os.getpid()  # verify() in a worker
 
 
 def test_close_reaps_workers(plugin_path):
-    s = RewardScorer(_cfg(1.0, 2))
+    before = _scoring_pids()
+    s = Rubric(_cfg(1.0, 2))
     s.score([VerifyRequest(response="0")] * 2)
-    pids = s.worker_pids()
+    pids = _scoring_pids(before)
     s.close()
     assert len(pids) == 2 and not any(_alive(p) for p in pids)
 
 
 def test_workers_die_with_their_parent(plugin_path):
     script = textwrap.dedent(f'''
-        import os, sys
+        import multiprocessing as mp, os, sys
         sys.path.insert(0, {str(plugin_path)!r})
         from temper.configs.schema import RewardsConfig, RewardTerm
         from temper.rewards.base import VerifyRequest
-        from temper.rewards.pool import RewardScorer
+        from temper.rewards.rubric import Rubric
         if __name__ == "__main__":
-            s = RewardScorer(RewardsConfig(terms=[RewardTerm(verifier="pool_fixture_verifiers:Slow", name="Slow")],
+            s = Rubric(RewardsConfig(terms=[RewardTerm(verifier="pool_fixture_verifiers:Slow", name="Slow")],
                                            num_workers=2, timeout_s=30))
             s.score([VerifyRequest(response="0")] * 2)
-            print(" ".join(map(str, s.worker_pids())), flush=True)
+            print(" ".join(str(p.pid) for p in mp.active_children()), flush=True)
             os._exit(0)  # no close(), no atexit: a parent that dies
     ''')
     out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60,
@@ -201,6 +211,20 @@ def test_workers_die_with_their_parent(plugin_path):
 def test_math_through_the_pool_many_samples():
     cfg = RewardsConfig(terms=[RewardTerm(verifier="math")], num_workers=1, timeout_s=10)
     reqs = [VerifyRequest(response=rf"\boxed{{{i}}}", label=i if i % 2 else i + 1) for i in range(100)]
-    with RewardScorer(cfg) as s:
+    with Rubric(cfg) as s:
         results = s.score(reqs)
     assert [r.score for r in results] == [float(i % 2) for i in range(100)]
+
+
+def test_processes_zero_scores_every_term_in_this_process(plugin_path):
+    """What `temper env try` uses: no process is started, every verifier runs here, sync or async."""
+    cfg = _cfg(1.0, 2, RewardTerm(verifier="pool_fixture_verifiers:Slow", name="Slow"),
+               RewardTerm(verifier="pool_fixture_verifiers:Quick", name="Quick", weight=0.5))
+    before = _scoring_pids()
+    with Rubric(cfg, processes=0) as s:
+        (res,) = s.score([VerifyRequest(response="0")])
+        (again,) = asyncio.run(s.ascore([VerifyRequest(response="raise")]))
+        assert _scoring_pids(before) == [] and s.stats()["workers"] == 0
+    # Slow scores 1 and Quick's verify() 0.5 (its quick() leaves "0" undecided): 1 * 1 + 0.5 * 0.5
+    assert res.score == 1.25 and res.breakdown["Slow/pid"] == res.breakdown["Quick/pid"] == os.getpid()
+    assert again.error == "Slow: TypeError: bad input" and again.score == 0.25
