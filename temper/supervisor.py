@@ -26,9 +26,9 @@ from typing import Any
 import ray
 
 from temper.actors import RayEngines, make_worker
-from temper.affinity import learner_cores
 from temper.cleanup import Teardown, remove_orphaned_shm
 from temper.configs.schema import RunConfig
+from temper.rollout.affinity import learner_cores
 from temper.stops import RunError, describe
 
 POLL_S = 1.0
