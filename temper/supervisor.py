@@ -29,7 +29,7 @@ from temper.actors import RayEngines, make_worker
 from temper.cleanup import Teardown, remove_orphaned_shm
 from temper.configs.schema import RunConfig
 from temper.rollout.affinity import learner_cores
-from temper.stops import RunError, describe
+from temper.stops import RunError, WorkersLost, describe
 
 POLL_S = 1.0
 NOTE_EVERY_S = 60.0
@@ -172,7 +172,7 @@ class WorkerPool:
     def _died(self, i: int, reason: str) -> None:
         limit = self.cfg.rollout.max_restarts
         if len(self.restarts) >= limit:
-            raise RunError(f"rollout worker {i}: {reason}; rollout.max_restarts = {limit} "
+            raise WorkersLost(f"rollout worker {i}: {reason}; rollout.max_restarts = {limit} "
                            f"({len(self.restarts)} restart(s) used), so the run stops")
         old = self.starting.pop(i, (self.workers[i], None))[0]
         with contextlib.suppress(Exception):

@@ -130,7 +130,7 @@ def test_another_ray_cluster_on_the_machine_is_not_joined(ray_cluster, tmp_path,
     and that run ending would take this one's actors down. The one `ray start` recorded is joined."""
     from ray._private.services import find_gcs_addresses
 
-    from temper.job import ray_start_cluster
+    from temper.cluster import ray_start_cluster
 
     port = ray_cluster["address"].rsplit(":", 1)[1]
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
