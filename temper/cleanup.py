@@ -195,6 +195,8 @@ class Teardown:
             logs = Path(self.private_ray) / "session_latest" / "logs"
             if self.run_dir is not None and logs.is_dir():
                 with contextlib.suppress(OSError, shutil.Error):
+                    if (self.run_dir / "ray-logs").is_symlink():  # the link to them while the run lived
+                        (self.run_dir / "ray-logs").unlink()
                     shutil.copytree(logs, self.run_dir / "ray-logs", ignore_dangling_symlinks=True, dirs_exist_ok=True)
             shutil.rmtree(self.private_ray, ignore_errors=True)
         with contextlib.suppress(Exception):

@@ -177,8 +177,17 @@ class Run:
                  f"{time.time() - t0:.1f}s (weight sync: {self.pool.backend})")
         self.pool.startup["ray_s"] = self.ray_s
         self.log(describe_startup(self.pool.startup))
-        where = f" (copied to {self.run_dir / 'ray-logs'} at the end)" if self.teardown.private_ray else ""
-        self.log(f"engine and worker logs: {ray_logs_dir()}{where}")
+        self.log(f"engine and worker logs: {self.link_ray_logs()}")
+
+    def link_ray_logs(self) -> str:
+        """Where engine and Ray output goes (never the console). A private cluster's session logs are linked as
+        RUN_DIR/ray-logs while the run lives (readable even if it is killed) and copied there at the end."""
+        logs = ray_logs_dir()
+        if not self.teardown.private_ray or logs is None:
+            return str(logs)
+        with contextlib.suppress(OSError):
+            (self.run_dir / "ray-logs").symlink_to(logs, target_is_directory=True)
+        return f"{self.run_dir / 'ray-logs'} (Ray's session logs; copied there when the run ends)"
 
     def first_eval(self) -> None:
         rows, start = self.p.eval_rows, self.p.start
