@@ -147,7 +147,7 @@ class Run:
                                   cfg.data.shuffle)
         self.teardown.buffer = self.buffer = make_buffer(cfg, rollouts, dispatch)
         self.teardown.learner = self.learner = make_learner(cfg, self.teardown.weights_root, start_weights)
-        self.pool = WorkerPool(cfg, self.buffer, self.learner, start_weights, p.start, self.teardown, self.log)
+        self.pool = WorkerPool(cfg, self.teardown, start_weights, p.start, self.log)
         if p.resume:
             self.load_buffer(p.resume)
         self.start_engines()
@@ -356,7 +356,7 @@ class Run:
                 self.bar.close()
             if self.metrics is not None:
                 with contextlib.suppress(Exception):
-                    self.metrics.__exit__(None if self.summary.get("ending") == "finished" else RunError, None, None)
+                    self.metrics.close(failed=self.summary.get("ending") != "finished")
         self.teardown.run()
         with signals_held(), contextlib.suppress(Exception):
             self.shm.close()
