@@ -7,11 +7,7 @@ import argparse
 import signal
 import sys
 
-from temper.stops import Terminated  # no torch, vLLM or Ray
-
-
-def _interrupt(signum, frame) -> None:
-    raise Terminated
+from temper.stops import on_sigterm  # no torch, vLLM or Ray
 
 
 def _train(argv: list[str]) -> int:
@@ -41,7 +37,7 @@ def _train(argv: list[str]) -> int:
     from temper.job import RunStopped, train
 
     # `kill` and `ray job stop` send SIGTERM: treat it like Ctrl-C so the same cleanup runs.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         train(prepared.cfg, prepared=prepared)
     except ConfigError as e:

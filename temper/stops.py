@@ -22,12 +22,22 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, `ray job stop`): stops a run as Ctrl-C does, and is told apart from it in summary.json."""
 
 
+_sigterm_seen: list[int] = []
+
+
+def on_sigterm(signum, frame) -> None:
+    """`temper train`'s SIGTERM handler. Remembered as well as raised: inside a blocking ray.get/ray.wait Ray
+    turns whatever KeyboardInterrupt the handler raises into a plain one."""
+    _sigterm_seen.append(signum)
+    raise Terminated
+
+
 def ending_of(exc: BaseException | None) -> str:
     """How a run ended, as summary.json's `ending` says it: finished, sigterm, interrupt (Ctrl-C),
     worker_died or error."""
     if exc is None:
         return "finished"
-    if isinstance(exc, Terminated):
+    if isinstance(exc, Terminated) or (isinstance(exc, KeyboardInterrupt) and _sigterm_seen):
         return "sigterm"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupt"
