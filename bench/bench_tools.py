@@ -111,7 +111,7 @@ async def one_mode(worker, clock: EngineClock, env, rows: list[dict], concurrenc
 
 async def run(args: argparse.Namespace) -> None:
     from temper.configs.data import load_rows
-    from temper.job import prepare
+    from temper.prepare import prepare
     from temper.rewards.rubric import Rubric
     from temper.rollout.engine import Engine
     from temper.rollout.worker import RolloutWorker

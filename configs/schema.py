@@ -150,7 +150,7 @@ class LearnerConfig(Strict):
     """torch CPU threads for the learner (the engine gets the other cores); per rank."""
     own_cores: bool = True
     """A CPU learner in a private cluster (`temper train` on one machine) gets `num_threads` cores no engine
-    is bound to, and the rollout workers' processes keep off them (temper/affinity.py)."""
+    is bound to, and the rollout workers' processes keep off them (rollout/affinity.py)."""
     world_size: int = Field(1, ge=1)
     """Learner processes (ranks): N Ray actors in one placement group, one torch.distributed group (NCCL on
     GPUs, gloo on CPU), the model sharded across them by FSDP2. Each optimizer step's samples are split

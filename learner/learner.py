@@ -322,8 +322,8 @@ class Learner:
         return summed, float(distributed.full_tensor(grad_norm))  # sharded: the norm over all shards
 
     def own_cores(self, cores: list[int]) -> None:
-        """Run on these cores only; the rollout workers on this machine keep off them (temper/affinity.py)."""
-        from temper.affinity import pin_self
+        """Run on these cores only; the rollout workers on this machine keep off them (rollout/affinity.py)."""
+        from temper.rollout.affinity import pin_self
 
         pin_self(cores)
 

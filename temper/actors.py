@@ -16,10 +16,10 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from temper.affinity import ENGINE_BIND, engine_core, keep_off
 from temper.configs.schema import RunConfig
 from temper.learner.distributed import Rank
 from temper.learner.learner import Learner
+from temper.rollout.affinity import ENGINE_BIND, engine_core, keep_off
 from temper.rollout.buffer import RemoteBuffer, ReplayBuffer
 from temper.rollout.dispatch import PromptDispatch
 from temper.rollout.worker import RolloutWorker
@@ -60,7 +60,7 @@ class RolloutWorkerActor(RolloutWorker):
         return ray.get_runtime_context().get_node_id()
 
     def keep_off_cores(self, cores: list[int]) -> int:
-        """The learner's own cores (temper/affinity.py): this actor, its engine's processes and its scoring pool
+        """The learner's own cores (rollout/affinity.py): this actor, its engine's processes and its scoring pool
         leave them."""
         return keep_off(cores)
 

@@ -34,8 +34,8 @@ def shm_names() -> set[str]:
     return set(os.listdir(SHM)) if os.path.isdir(SHM) else set()
 
 
-def in_use(paths: set[str]) -> set[str]:
-    """Which of these /dev/shm paths some live process has open or mapped.
+def in_use(paths: set[str], pids: list[int] | None = None) -> set[str]:
+    """Which of these /dev/shm paths some live process (of `pids`, default: any) has open or mapped.
 
     Matched by inode, not by name: glibc's sem_open maps a temporary file that it then links to
     `sem.NAME`, so /proc/PID/maps shows the semaphore under a name that is gone; its inode is the same."""
@@ -46,7 +46,7 @@ def in_use(paths: set[str]) -> set[str]:
             inodes[(st.st_dev, st.st_ino)] = path
     shm_dev = os.stat(SHM).st_dev if os.path.isdir(SHM) else None
     used: set[str] = set()
-    for pid in os.listdir("/proc"):
+    for pid in map(str, pids) if pids is not None else os.listdir("/proc"):
         if not pid.isdigit():
             continue
         with contextlib.suppress(OSError):
@@ -195,6 +195,8 @@ class Teardown:
             logs = Path(self.private_ray) / "session_latest" / "logs"
             if self.run_dir is not None and logs.is_dir():
                 with contextlib.suppress(OSError, shutil.Error):
+                    if (self.run_dir / "ray-logs").is_symlink():  # the link to them while the run lived
+                        (self.run_dir / "ray-logs").unlink()
                     shutil.copytree(logs, self.run_dir / "ray-logs", ignore_dangling_symlinks=True, dirs_exist_ok=True)
             shutil.rmtree(self.private_ray, ignore_errors=True)
         with contextlib.suppress(Exception):

@@ -7,9 +7,7 @@ import argparse
 import signal
 import sys
 
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+from temper.stops import on_sigterm  # no torch, vLLM or Ray
 
 
 def _train(argv: list[str]) -> int:
@@ -29,7 +27,7 @@ def _train(argv: list[str]) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        from temper.job import prepare
+        from temper.prepare import prepare
 
         # Config, paths, every data line, plugins and the checkpoint: all before Ray or torch-heavy work.
         prepared = prepare(cfg, resume=args.resume)
@@ -39,7 +37,7 @@ def _train(argv: list[str]) -> int:
     from temper.job import RunStopped, train
 
     # `kill` and `ray job stop` send SIGTERM: treat it like Ctrl-C so the same cleanup runs.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         train(prepared.cfg, prepared=prepared)
     except ConfigError as e:
@@ -48,6 +46,25 @@ def _train(argv: list[str]) -> int:
     except RunStopped as e:
         print(e.message(["temper", "train", *argv]), file=sys.stderr)
         return 130 if e.interrupted else 1
+    return 0
+
+
+def _clean(argv: list[str]) -> int:
+    argparse.ArgumentParser(
+        prog="temper clean",
+        description="Remove the shared memory (/dev/shm) that runs killed outright on this machine left behind: "
+                    "only segments a run recorded, whose run is dead and that no live process uses.",
+    ).parse_args(argv)
+    from temper.cleanup import remove_dead_weights_folders
+    from temper.shm_records import describe, reap
+
+    removed = reap()
+    for r in removed:
+        print(f"removed /dev/shm/{r.name} ({r.bytes:,} bytes) of dead run {r.pid}")
+    folders = remove_dead_weights_folders()
+    for folder in folders:
+        print(f"removed {folder} (published weights of a dead run)")
+    print(f"temper clean: {describe(removed)}" if removed else "temper clean: no recorded segment of a dead run left")
     return 0
 
 
@@ -75,6 +92,7 @@ COMMANDS = {
     "rewards": ("debug rewards without a model: list, score, check, replay", None),
     "check-config": ("validate a run config (with --set overrides) and print it resolved", _check_config),
     "env": ("run one episode of an environment against scripted replies: env try CONFIG --row --reply", None),
+    "clean": ("remove shared memory that runs killed outright (kill -9, OOM) left in /dev/shm", _clean),
     "report": ("re-render runs' plots and headline numbers from their folders; compare several", None),
 }
 

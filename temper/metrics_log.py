@@ -112,8 +112,12 @@ class MetricsLog:
             self.wandb.summary(flat)
 
     def __exit__(self, kind, exc, tb) -> None:
+        self.close(failed=kind is not None)
+
+    def close(self, failed: bool) -> None:
+        """failed: the run ended early (W&B marks the run so)."""
         self.file.close()
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
-            self.wandb.close(failed=kind is not None)
+            self.wandb.close(failed=failed)

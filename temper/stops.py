@@ -14,6 +14,36 @@ class RunError(RuntimeError):
     """A run that cannot go on for a reason the user can act on; the message is printed as is."""
 
 
+class WorkersLost(RunError):
+    """The rollout workers died for good: past rollout.max_restarts, or a replacement could not help."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `ray job stop`): stops a run as Ctrl-C does, and is told apart from it in summary.json."""
+
+
+_sigterm_seen: list[int] = []
+
+
+def on_sigterm(signum, frame) -> None:
+    """`temper train`'s SIGTERM handler. Remembered as well as raised: inside a blocking ray.get/ray.wait Ray
+    turns whatever KeyboardInterrupt the handler raises into a plain one."""
+    _sigterm_seen.append(signum)
+    raise Terminated
+
+
+def ending_of(exc: BaseException | None) -> str:
+    """How a run ended, as summary.json's `ending` says it: finished, sigterm, interrupt (Ctrl-C),
+    worker_died or error."""
+    if exc is None:
+        return "finished"
+    if isinstance(exc, Terminated) or (isinstance(exc, KeyboardInterrupt) and _sigterm_seen):
+        return "sigterm"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupt"
+    return "worker_died" if isinstance(exc, WorkersLost) else "error"
+
+
 class RunStopped(Exception):
     """A run that ended before its last step. `reason` says what happened; the CLI adds how to resume."""
 

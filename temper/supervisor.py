@@ -26,10 +26,10 @@ from typing import Any
 import ray
 
 from temper.actors import RayEngines, make_worker
-from temper.affinity import learner_cores
 from temper.cleanup import Teardown, remove_orphaned_shm
 from temper.configs.schema import RunConfig
-from temper.stops import RunError, describe
+from temper.rollout.affinity import learner_cores
+from temper.stops import RunError, WorkersLost, describe
 
 POLL_S = 1.0
 NOTE_EVERY_S = 60.0
@@ -47,9 +47,14 @@ def hung(progress: dict[int, dict[str, float]], starting: set[int], stall_s: flo
 
 
 class WorkerPool:
-    def __init__(self, cfg: RunConfig, buffer: Any, learner: Any, start_weights: str | None, start_version: int,
-                 teardown: Teardown, log=print) -> None:
-        self.cfg, self.buffer, self.learner, self.log, self.teardown = cfg, buffer, learner, log, teardown
+    def __init__(self, cfg: RunConfig, teardown: Teardown, start_weights: str | None, start_version: int,
+                 log=print) -> None:
+        """teardown: the run's record of what it started, which already holds its buffer and learner actors;
+        the workers this pool starts are added to it. start_weights/start_version: what every engine (a
+        replacement's too) loads first: a checkpoint folder (None: model.path) and its version."""
+        assert teardown.buffer is not None and teardown.learner is not None
+        self.cfg, self.buffer, self.learner, self.log = cfg, teardown.buffer, teardown.learner, log
+        self.teardown = teardown
         self.start_weights, self.start_version = start_weights, start_version
         n = cfg.rollout.num_workers
         self.workers = [self._new_actor(i) for i in range(n)]
@@ -172,7 +177,7 @@ class WorkerPool:
     def _died(self, i: int, reason: str) -> None:
         limit = self.cfg.rollout.max_restarts
         if len(self.restarts) >= limit:
-            raise RunError(f"rollout worker {i}: {reason}; rollout.max_restarts = {limit} "
+            raise WorkersLost(f"rollout worker {i}: {reason}; rollout.max_restarts = {limit} "
                            f"({len(self.restarts)} restart(s) used), so the run stops")
         old = self.starting.pop(i, (self.workers[i], None))[0]
         with contextlib.suppress(Exception):

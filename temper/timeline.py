@@ -237,14 +237,14 @@ class Timeline:
         return str(path)
 
 
-def drain(pool: Any, buffer: Any) -> tuple[dict[int, list[Span]], list[Span]]:
+def drain(pool: Any, buffer: Any, timeout: float | None = None) -> tuple[dict[int, list[Span]], list[Span]]:
     """Every live engine's spans (a temper.supervisor.WorkerPool) and the buffer's (its actor handle) since
     the last drain. A worker that died, is being replaced or does not answer in 10 s gives none: the pool
-    replaces it, and its step reads as idle."""
+    replaces it, and its step reads as idle. timeout: for the buffer (a run that is ending: it may be hung)."""
     import ray
 
     refs = {i: w.drain_spans.remote() for i, w in enumerate(pool.workers) if i not in pool.starting}
-    buffer_spans = ray.get(buffer.drain_spans.remote())
+    buffer_spans = ray.get(buffer.drain_spans.remote(), timeout=timeout)
     engines: dict[int, list[Span]] = {}
     for i, ref in refs.items():
         try:

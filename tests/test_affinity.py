@@ -1,4 +1,4 @@
-"""Which cores a CPU learner gets to itself (temper/affinity.py), and that pinning and keeping off act on real
+"""Which cores a CPU learner gets to itself (rollout/affinity.py), and that pinning and keeping off act on real
 processes: every thread of this process, and every process below it, grandchildren included."""
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from temper.affinity import ENGINE_BIND, learner_cores
 from temper.configs.load import load_config
+from temper.rollout.affinity import ENGINE_BIND, learner_cores
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 
@@ -48,7 +48,7 @@ def test_engine_binding_set_by_hand_pins_nothing(four_cores, monkeypatch):
 # Run in a child interpreter: pinning the test process itself would pin the rest of the session.
 PROBE = r"""
 import json, os, subprocess, sys, threading, time
-from temper.affinity import keep_off, pin_self
+from temper.rollout.affinity import keep_off, pin_self
 
 mode, cores = sys.argv[1], [int(c) for c in sys.argv[2].split(",")]
 early = threading.Thread(target=time.sleep, args=(30,), daemon=True)

@@ -11,8 +11,8 @@ from conftest import REPO, local_engines, tiny_overrides
 
 from temper.configs.data import load_rows
 from temper.configs.load import load_config
-from temper.job import prepare
 from temper.learner.learner import Learner
+from temper.prepare import prepare
 from temper.rewards.rubric import Rubric
 from temper.rollout.worker import RolloutWorker
 

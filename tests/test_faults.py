@@ -4,6 +4,8 @@ at each phase. Each job is as short as the tiny model allows; assertions share r
 
 import contextlib
 import json
+import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 from conftest import REPO, VENV_BIN, job_env, our_shm, sync_job_args, tiny_job_overrides
 
 from temper.cleanup import remove_orphaned_shm, shm_names
+from temper.shm_records import RECORDS_ENV
 
 
 def temper_train(tmp_path, demo_assets, *sets: str, extra: tuple[str, ...] = ()) -> list[str]:
@@ -137,6 +140,20 @@ def test_a_malformed_line_stops_before_ray_naming_file_and_line(tmp_path, demo_a
     assert 'data.on_bad_line = "skip"' in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()  # refused before any run directory, cluster or engine
+
+
+def test_a_malformed_line_stops_before_the_demo_is_built(tmp_path, demo_assets):
+    """Cheap checks before expensive work: with the demo enabled and its cache cold, a bad data.train line is
+    reported before the demo's model is built (its warm start takes over a minute with default settings)."""
+    bad = with_bad_line(demo_assets["train"], tmp_path / "train.jsonl", 7)
+    cold = tmp_path / "cold-demo-cache"
+    proc = subprocess.run(temper_train(tmp_path, demo_assets, f"data.train={json.dumps(str(bad))}",
+                                       f"demo.cache_dir={json.dumps(str(cold))}"),
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=job_env(), check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"data.train: {bad}:7: not valid JSON" in proc.stderr
+    assert "building demo model" not in proc.stdout
+    assert not cold.exists() or not any(cold.iterdir()), "the demo's assets were built before the data was checked"
 
 
 def test_a_missing_label_is_named(tmp_path, demo_assets):
@@ -299,7 +316,65 @@ def test_sigterm_at_each_phase_leaves_nothing_behind(phase, tmp_path, demo_asset
     out = "".join(seen) + out
     assert proc.returncode == 130, out[-3000:]
     assert "temper train: interrupted: stopped by a signal" in out and "Traceback" not in out, out[-3000:]
+    # the timeline and the summary are written on this ending too
+    (run_dir,) = run_dirs(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ending"] == "sigterm" and summary["reason"].startswith("stopped by a signal")
+    trace = json.loads((run_dir / "trace.json").read_text())
+    spans = {e["name"] for e in trace["traceEvents"] if e["ph"] == "X"}
+    if phase != "start-up":
+        assert "start learner and engines" in spans
+    if phase == "training":
+        assert summary["steps"] >= 1 and summary["last_step"] == summary["steps"]
+        assert {"RL steps", "train (step 1)", "busy"} <= spans
     time.sleep(2)
     assert still_alive(started) == []
     assert our_shm(shm_before) == set() and dead_runs_weights(shm_before) == set()
     assert set(Path("/tmp").glob("temper-ray-*")) <= ray_dirs
+
+
+@pytest.mark.slow
+def test_a_sigkilled_process_group_leaves_nothing_after_temper_clean(tmp_path, demo_assets):
+    """The OOM killer, a lost node, `kill -9` on the whole process group: the run cleans up nothing, but it
+    recorded its segments as they appeared (temper/shm_records.py). Once its processes are gone, `temper clean`
+    removes exactly those: /dev/shm is back to its baseline for them, and a segment nobody recorded stays."""
+    records = tmp_path / "shm-records"
+    env = job_env(PYTHONUNBUFFERED="1", **{RECORDS_ENV: str(records)})
+    stranger = Path("/dev/shm") / f"psm_temper-test-{secrets.token_hex(4)}"  # not any run's: must stay
+    stranger.write_bytes(b"\0" * 1000)
+    shm_before, ray_dirs = shm_names(), set(Path("/tmp").glob("temper-ray-*"))
+    proc = subprocess.Popen(temper_train(tmp_path, demo_assets, "learner.steps=100"), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        watch = TreeWatch(proc.pid)
+        run_dir = wait_for(lambda: next(iter(run_dirs(tmp_path)), None), proc, 300, "the run directory")
+        wait_for(lambda: lines_of(run_dir / "metrics.jsonl") >= 1, proc, 600, "step 1")
+        record = json.loads((records / f"{proc.pid}.json").read_text())
+        recorded = set(record["segments"])
+        assert any(n.startswith("psm_") for n in recorded), record  # vLLM's broadcast segment
+        assert recorded <= shm_names() - shm_before
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        started = watch.stop()
+        deadline = time.time() + 30  # Ray's processes outside the group notice the driver is gone
+        while still_alive(started) and time.time() < deadline:
+            time.sleep(1)
+        for p in started:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        time.sleep(1)
+        assert recorded & shm_names(), "the killed run cleaned up after all: nothing left to test"
+        clean = subprocess.run([str(VENV_BIN / "temper"), "clean"], cwd=REPO, env=env, capture_output=True,
+                               text=True, timeout=120, check=False)
+        assert clean.returncode == 0, clean.stderr
+        assert f"of dead run {proc.pid}" in clean.stdout and "temper clean: removed" in clean.stdout, clean.stdout
+        assert not recorded & shm_names(), "recorded segments left in /dev/shm"
+        assert stranger.exists()
+        assert not (records / f"{proc.pid}.json").exists()
+        assert dead_runs_weights(shm_before) == set()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stranger.unlink(missing_ok=True)
+        for folder in set(Path("/tmp").glob(f"temper-ray-{proc.pid}-*")) - ray_dirs:
+            shutil.rmtree(folder, ignore_errors=True)

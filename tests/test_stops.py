@@ -50,3 +50,28 @@ def test_ray_failures_are_described_in_one_line():
                            ValueError("bad shape"), proctitle="ray::Learner.train_step")
     assert describe(bug.as_instanceof_cause()) == "Learner.train_step raised ValueError: bad shape"
     assert describe(RunError("rollout worker 0: gone")) == "rollout worker 0: gone"
+
+
+def test_every_ending_has_its_name_in_the_summary():
+    from temper.stops import RunError, Terminated, WorkersLost, ending_of
+
+    assert ending_of(None) == "finished"
+    assert ending_of(Terminated()) == "sigterm"  # raised by `temper train`'s SIGTERM handler
+    assert ending_of(KeyboardInterrupt()) == "interrupt"
+    assert ending_of(WorkersLost("rollout worker 0: died; rollout.max_restarts = 0")) == "worker_died"
+    assert ending_of(RunError("bad data")) == "error" and ending_of(ValueError("bug")) == "error"
+
+
+def test_sigterm_is_told_apart_even_when_ray_rewraps_it(monkeypatch):
+    """Inside a blocking ray.get Ray raises a plain KeyboardInterrupt for whatever the handler raised."""
+    import signal
+
+    import pytest
+
+    from temper import stops
+
+    monkeypatch.setattr(stops, "_sigterm_seen", [])
+    assert stops.ending_of(KeyboardInterrupt()) == "interrupt"
+    with pytest.raises(stops.Terminated):
+        stops.on_sigterm(signal.SIGTERM, None)
+    assert stops.ending_of(KeyboardInterrupt()) == "sigterm"

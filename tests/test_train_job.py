@@ -43,6 +43,8 @@ def test_short_real_job(sync_job):
     assert f"run directory: {run_dir}" in proc.stdout  # absolute, at the start and at the end
     assert "time per step" in proc.stdout and "of ideal" in proc.stdout and "trace.json" in proc.stdout
     assert "start-up: Ray" in proc.stdout
+    _check_console(proc, run_dir)
+    assert summary["ending"] == "finished" and summary["last_step"] == 4
     startup = summary["startup"]
     assert startup["learner_s"] > 0 and len(startup["workers_s"]) == 1 and startup["first_eval_s"] > 0
     assert set(startup["engines"][0]) == {"import_s", "engine_s", "rest_s"}
@@ -59,6 +61,20 @@ def test_short_real_job(sync_job):
         assert json.loads((ckpt / "checkpoint.json").read_text())["version"] == step
         assert {"config.json", "model.safetensors", "learner_state.pt", "buffer.json"} <= {p.name for p in ckpt.iterdir()}
     assert not list((run_dir / "checkpoints").glob(".*")), "a temporary checkpoint folder left behind"
+
+
+def _check_console(proc, run_dir):
+    """A default run prints temper's own lines and nothing the user cannot act on: no Ray or vLLM WARNING
+    (engine noise stays in the worker logs), stderr empty."""
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert not [line for line in lines if "WARNING" in line], "\n".join(lines)
+    assert proc.stderr.strip() == "", proc.stderr[-3000:]
+    expected = [f"run directory: {run_dir}", "starting the learner and rollout worker(s) (vLLM engines)",
+                "start-up: Ray", "engine and worker logs: ", "held-out eval before RL on 16 rows",
+                "held-out accuracy after  RL", "lift: ", "time per step", "plot: ", "saving the final model"]
+    positions = [next((i for i, line in enumerate(lines) if line.startswith(e)), None) for e in expected]
+    assert None not in positions and positions == sorted(positions), list(zip(expected, positions, strict=True))
+    assert lines[-1] == f"run directory: {run_dir}"
 
 
 def _check_timeline(run_dir, summary, steps):
@@ -130,7 +146,7 @@ def test_another_ray_cluster_on_the_machine_is_not_joined(ray_cluster, tmp_path,
     and that run ending would take this one's actors down. The one `ray start` recorded is joined."""
     from ray._private.services import find_gcs_addresses
 
-    from temper.job import ray_start_cluster
+    from temper.cluster import ray_start_cluster
 
     port = ray_cluster["address"].rsplit(":", 1)[1]
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
