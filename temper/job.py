@@ -80,7 +80,7 @@ def prepare(cfg: RunConfig, log=print, resume: str | None = None) -> Prepared:
     from temper.rewards.rubric import validate_rewards_config
 
     if cfg.demo.enabled:
-        from temper.demo import ensure_demo_assets
+        from temper.demos.assets import ensure_demo_assets
 
         paths = ensure_demo_assets(cfg.demo, log=log)
         cfg = cfg.model_copy(
