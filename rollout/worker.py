@@ -57,21 +57,25 @@ class RolloutWorker:
         """Build the engine, the environment and the scoring pool (slow: call once). model_path/version:
         the weights to start from (default model.path as version 0; a checkpoint when resuming). Returns
         where the time went: importing vLLM, the engine (its processes, the model load, the KV cache), the rest."""
+        from temper.rewards.pool import RewardScorer
+
         t0 = time.perf_counter()
+        cfg = self.cfg
+        # The scoring processes first: their imports (sympy, math-verify) then overlap vLLM's import and the
+        # engine's start, rather than the first eval, where they held it up (on the cores the engine needs).
+        self.scorer = scorer = RewardScorer(cfg.rewards)  # set at once: shutdown() closes it if the engine fails
         import vllm.v1.engine.async_llm  # noqa: F401 - timed on its own: the engine imports it anyway
 
-        from temper.rewards.pool import RewardScorer
         from temper.rollout.engine import Engine
 
         t_import = time.perf_counter()
-        cfg = self.cfg
         self.engine = Engine(
             model_path or cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype,
             cfg.seed + 1000 * self.index + version, weight_sync=cfg.weight_sync.backend,
         )
         await self.engine.init(version)
         t_engine = time.perf_counter()
-        self.attach(self.engine, RewardScorer(cfg.rewards))
+        self.attach(self.engine, scorer)
         return {"import_s": t_import - t0, "engine_s": t_engine - t_import, "rest_s": time.perf_counter() - t_engine}
 
     def attach(self, engine: Any, scorer: Any) -> None:
