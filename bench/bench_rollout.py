@@ -104,7 +104,7 @@ def main() -> None:
 
     from transformers import AutoConfig
 
-    from temper.demo import ensure_demo_assets
+    from temper.demos.assets import ensure_demo_assets
 
     demo = DemoConfig(enabled=True, cache_dir=os.path.expanduser("~/.cache/temper/bench"), hidden_size=512,
                       num_layers=10, sft_max_steps=0, n_train=max(1000, args.prompts), n_eval=10)

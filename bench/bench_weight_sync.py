@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from temper.configs.schema import DemoConfig, RunConfig
-    from temper.demo import ensure_demo_assets
+    from temper.demos.assets import ensure_demo_assets
 
     demo = DemoConfig(enabled=True, n_train=64, n_eval=16, sft_max_steps=0, hidden_size=512, num_layers=6)
     assets = ensure_demo_assets(demo, log=lambda *_: None)

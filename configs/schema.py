@@ -325,7 +325,7 @@ class DemoConfig(Strict):
     n_eval: int = Field(500, ge=10)
     """Held-out problems."""
     sft_target_accuracy: float = Field(0.3, ge=0, le=1)
-    """Warm start stops as soon as held-out greedy accuracy passes this."""
+    """Warm start stops as soon as greedy accuracy on the val split (200 rows, not the held-out set) passes this."""
     sft_max_steps: int = Field(3000, ge=0)
     """Warm start gives up here even if the target is not reached."""
     hidden_size: int = Field(128, ge=8)

@@ -59,19 +59,26 @@ class RolloutWorker:
         model_path/version: the weights to start from (default model.path as version 0; a checkpoint when resuming). Returns
         where the time went: importing vLLM, the engine (its processes, the model load, the KV cache), the rest."""
         t0 = time.perf_counter()
-        import vllm.v1.engine.async_llm  # noqa: F401 - timed on its own: the engine imports it anyway
-
-        from temper.rollout.engine import Engine
-
-        t_import = time.perf_counter()
         cfg = self.cfg
-        self.engine = Engine(
-            model_path or cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype,
-            cfg.seed + 1000 * self.index + version, weight_sync=cfg.weight_sync.backend,
-        )
-        await self.engine.init(version)
+        # The scoring processes first: their imports (sympy, math-verify) then overlap vLLM's import and the
+        # engine's start, rather than the first eval, where they held it up (on the cores the engine needs).
+        rubric = Rubric(cfg.rewards)
+        try:
+            import vllm.v1.engine.async_llm  # noqa: F401 - timed on its own: the engine imports it anyway
+
+            from temper.rollout.engine import Engine
+
+            t_import = time.perf_counter()
+            self.engine = Engine(
+                model_path or cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype,
+                cfg.seed + 1000 * self.index + version, weight_sync=cfg.weight_sync.backend,
+            )
+            await self.engine.init(version)
+        except BaseException:
+            rubric.close()
+            raise
         t_engine = time.perf_counter()
-        self.attach(self.engine, Rubric(cfg.rewards))
+        self.attach(self.engine, rubric)
         return {"import_s": t_import - t0, "engine_s": t_engine - t_import, "rest_s": time.perf_counter() - t_engine}
 
     def attach(self, engine: Any, rubric: Rubric, env: Any = None) -> None:

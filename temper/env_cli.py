@@ -59,9 +59,9 @@ def tokenizer_for(cfg: RunConfig, path: str | None):
     if cfg.demo.enabled:  # the demo's tokenizer alone is instant to make; no need for its model
         import tempfile
 
-        from temper import demo, tool_demo
+        from temper.demos import addition, calculator
 
-        build = tool_demo.build_tokenizer if cfg.demo.task == "calculator" else demo.build_tokenizer
+        build = calculator.build_tokenizer if cfg.demo.task == "calculator" else addition.build_tokenizer
         return build(Path(tempfile.mkdtemp(prefix="temper-env-try-")))
     raise UsageError("no tokenizer: set model.path in the config or pass --tokenizer PATH")
 

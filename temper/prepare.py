@@ -76,7 +76,7 @@ def prepare(cfg: RunConfig, log=print, resume: str | None = None) -> Prepared:
 def with_demo_assets(cfg: RunConfig, log) -> RunConfig:
     """The demo's model and data (built once, then cached) wherever the config leaves model.path or data empty.
     The one place a run builds demo assets: the slow part of a first demo run (its warm start)."""
-    from temper.demo import ensure_demo_assets
+    from temper.demos.assets import ensure_demo_assets
 
     paths = ensure_demo_assets(cfg.demo, log=log)
     return cfg.model_copy(

@@ -26,7 +26,7 @@ def tiny_demo(cache_dir: str) -> DemoConfig:
 
 @pytest.fixture(scope="session")
 def demo_assets(tmp_path_factory):
-    from temper.demo import ensure_demo_assets
+    from temper.demos.assets import ensure_demo_assets
 
     cfg = tiny_demo(str(tmp_path_factory.mktemp("demo-cache")))
     return {**ensure_demo_assets(cfg, log=lambda *_: None), "demo": cfg}

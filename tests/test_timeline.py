@@ -131,3 +131,14 @@ def test_startup_line_names_the_slowest_engine_of_each_phase():
         "engine processes + model load + KV cache 11.0s, scoring pool 6.0s); weight-sync handshake 0.5s")
     assert describe_startup({**startup, "learner_cores": [2, 3]}).endswith(
         "weight-sync handshake 0.5s; the learner has core(s) 2, 3 to itself")
+
+
+def test_phase_line_adds_up_to_the_total():
+    from temper.timeline import describe_phases
+
+    # start-up = Ray 3 + the slower of learner 12 / engines 20, 25 + handshake 0.5 = 28.5;
+    # the rest = 100 - (10 + 28.5 + 4 + 50) = 7.5
+    summary = {"rl_seconds": 50.0, "startup": {"ray_s": 3.0, "learner_s": 12.0, "workers_s": [20.0, 25.0],
+                                               "handshake_s": 0.5, "first_eval_s": 4.0}}
+    assert describe_phases(10.0, summary, 100.0) == (
+        "phases: prepare 10.0s, start-up 28.5s, first eval 4.0s, RL 50.0s, last eval and shutdown 7.5s; total 100.0s")

@@ -30,7 +30,7 @@ class EchoEnvironment(ToolEnvironment):
 
 @pytest.fixture(scope="module")
 def demo_tok(tmp_path_factory):
-    from temper.tool_demo import build_tokenizer
+    from temper.demos.calculator import build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("demo"))
 

@@ -51,7 +51,7 @@ def call(expression: str) -> str:
 
 @pytest.fixture(scope="module")
 def demo_tokenizer(tmp_path_factory):
-    from temper.tool_demo import build_tokenizer
+    from temper.demos.calculator import build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("tok"))
 
