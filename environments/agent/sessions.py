@@ -185,6 +185,28 @@ class Session:
         tell a retry from a new request)."""
         key = json.dumps([[canonical(m) for m in messages], canonical_tools(tools), n, settings or {}, parse_tools],
                          sort_keys=True, default=str)
+
+        async def answer() -> Answer:
+            plan = self.plan(messages, tools)
+            return self._record(plan, messages, tools, await sample(plan.prompt_ids, n), parse_tools)
+
+        return await self._once(key, answer)
+
+    async def complete(self, prompt: str, sample: Sample, n: int = 1,
+                       settings: dict[str, Any] | None = None) -> Answer:
+        """Answer and record a raw text completion (`/v1/completions`): its own segment, the prompt encoded
+        as the client wrote it (a raw prompt is the client's to format, special tokens included)."""
+        key = json.dumps(["text", prompt, n, settings or {}], sort_keys=True, default=str)
+
+        async def answer() -> Answer:
+            plan = Plan(self.renderer.encode(prompt), None, 0, [])
+            return self._record(plan, [{"role": "user", "content": prompt}], None,
+                                await sample(plan.prompt_ids, n), parse_tools=False)
+
+        return await self._once(key, answer)
+
+    async def _once(self, key: str, answer: Callable[[], Awaitable[Answer]]) -> Answer:
+        """answer() once per key: a retry, concurrent or later, gets the same Answer."""
         pending = self._answers.get(key)
         if pending is not None:
             self.retries += 1
@@ -193,15 +215,13 @@ class Session:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # waiters may be gone: no warning
         self._answers[key] = future
         try:
-            plan = self.plan(messages, tools)
-            completions = await sample(plan.prompt_ids, n)
-            answer = self._record(plan, messages, tools, completions, parse_tools)
+            result = await answer()
         except BaseException as e:
             del self._answers[key]  # a failed call was not answered: its retry samples
             future.cancel() if isinstance(e, asyncio.CancelledError) else future.set_exception(e)
             raise
-        future.set_result(answer)
-        return answer
+        future.set_result(result)
+        return result
 
     async def auxiliary(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, sample: Sample,
                         n: int = 1, parse_tools: bool = True) -> Answer:

@@ -83,15 +83,18 @@ def call_text(expression: str) -> str:
 
 class Scripted:
     """A stand-in engine answering with scripted replies (each ends with EOS), as `generate` does: log-probs
-    -0.5, -1.5, ... and one weight version per reply (`versions`, else 0). Records the prompts it was given."""
+    -0.5, -1.5, ... and one weight version per reply (`versions`, else 0). Records the prompts and the
+    per-request sampling it was given."""
 
     def __init__(self, tokenizer, replies, versions=None):
         self.tok, self.replies = tokenizer, list(replies)
         self.versions = list(versions or [0] * len(self.replies))
         self.prompts: list[list[int]] = []
+        self.sampling: list[dict | None] = []
 
-    async def __call__(self, prompt_ids, n, max_tokens=None):
+    async def __call__(self, prompt_ids, n, max_tokens=None, sampling=None):
         self.prompts.append(list(prompt_ids))
+        self.sampling.append(sampling)
         out = []
         for _ in range(n):
             ids = self.tok.encode(self.replies.pop(0), add_special_tokens=False) + [self.tok.eos_token_id]
