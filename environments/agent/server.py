@@ -129,7 +129,7 @@ class AgentEndpoint:
         except web.HTTPException as e:
             kind = "not_found_error" if e.status == 404 else "invalid_request_error"
             return web.json_response(RequestError(e.reason, None, e.status, kind).body(), status=e.status)
-        except Exception as e:  # noqa: BLE001 - the client gets a JSON 500, the worker's log the traceback
+        except Exception as e:
             log.exception("agent endpoint: %s %s failed", request.method, request.path)
             return web.json_response(RequestError(f"{type(e).__name__}: {e}", None, 500, "server_error").body(),
                                      status=500)

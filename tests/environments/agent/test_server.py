@@ -8,11 +8,10 @@ import json
 import httpx
 import openai
 import pytest
+from agent_chat import Scripted, build_demo_tokenizer, call_text
 
 from temper.environments.agent.server import AUXILIARY_HEADER, AgentEndpoint
 from temper.environments.calculator import calculator
-
-from agent_chat import Scripted, build_demo_tokenizer, call_text
 
 SECRET = "s3cret-of-the-run"
 TOOLS = [calculator.schema()]
