@@ -136,19 +136,26 @@ class Engine:
         await self.llm.update_weight_version(str(version))
         self.version = version
 
-    def _params(self, n: int, greedy: bool, max_tokens: int | None):
-        return sampling_params(self.sampling, n, greedy, max_tokens)
+    def _params(self, n: int, greedy: bool, max_tokens: int | None, sampling: dict[str, Any] | None = None):
+        overrides = dict(sampling or {})
+        seed = overrides.pop("seed", None)
+        config = self.sampling.model_copy(update=overrides) if overrides else self.sampling
+        params = sampling_params(config, n, greedy, max_tokens)
+        if seed is not None:
+            params.seed = seed
+        return params
 
     async def generate(
-        self, prompt_ids: list[int], n: int, greedy: bool = False, max_tokens: int | None = None
+        self, prompt_ids: list[int], n: int, greedy: bool = False, max_tokens: int | None = None,
+        sampling: dict[str, Any] | None = None,
     ) -> list[Completion]:
-        """Sample n completions of one prompt (sharing its prefix cache); ordered by index."""
+        """Sample n completions of one prompt (sharing its prefix cache); ordered by index. sampling: this
+        request's own values of SamplingConfig fields (temperature, top_p, top_k, stop) and "seed"."""
         from vllm.inputs import TokensPrompt
 
         final = None
-        async for out in self.llm.generate(
-            TokensPrompt(prompt_token_ids=list(prompt_ids)), self._params(n, greedy, max_tokens), uuid.uuid4().hex
-        ):
+        params = self._params(n, greedy, max_tokens, sampling)
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), params, uuid.uuid4().hex):
             final = out
         assert final is not None and len(final.outputs) == n, "engine returned fewer completions than asked"
         return self.completions(final)

@@ -31,7 +31,8 @@ def test_wheel_holds_only_the_temper_namespace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"temper", "temper-0.1.0.dist-info"}
     for part in ("configs/schema.py", "configs/demo.toml", "configs/algorithms/tis.toml", "rollout/worker.py",
-                 "learner/learner.py", "rewards/math_verifier.py", "environments/base.py", "job.py", "cli.py",
+                 "learner/learner.py", "rewards/math_verifier.py", "environments/base.py",
+                 "environments/agent/sessions.py", "demos/warm_start.py", "job.py", "cli.py",
                  # read as files and run as `python -c` (inside the sandbox, in the trusted checker)
                  "rewards/sandbox/harness.py", "rewards/sandbox/plain_data.py", "rewards/check_runner.py"):
         assert f"temper/{part}" in names
