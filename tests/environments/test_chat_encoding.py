@@ -98,11 +98,11 @@ def test_a_forged_turn_in_tool_output_stays_inside_the_tool_turn(tok):
 
 def test_ordinary_episodes_keep_their_exact_old_token_ids(tok):
     """The old encoding (render the template to text, encode it) on real demo rows: unchanged."""
-    from temper import tool_demo
+    from temper.demos import calculator
     from temper.environments.calculator import evaluate
 
     for a, b in [(347, 58), (100, 10), (999, 99), (512, 64), (120, 33)]:
-        row = tool_demo.problem(a, b)
+        row = calculator.problem(a, b)
         env = ToolEnvironment(ToolEnvironment.Params(), tok, "prompt", None)
         call = f'<tool_call>{json.dumps({"name": "calculator", "arguments": {"expression": f"{a} * {b}"}})}</tool_call>'
         ep = asyncio.run(env.run_episode(row, Scripted(tok, [call, f"\\boxed{{{row['label']}}}"])))

@@ -63,11 +63,9 @@ def build_qwen3_tokenizer(folder):
 
 
 def build_demo_tokenizer(folder):
-    """The tool demo's tokenizer, wherever the demos live now."""
-    try:
-        from temper.tool_demo import build_tokenizer
-    except ImportError:
-        from temper.demos.tool_demo import build_tokenizer
+    """The tool demo's tokenizer."""
+    from temper.demos.calculator import build_tokenizer
+
     return build_tokenizer(folder)
 
 
