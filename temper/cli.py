@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 
 from temper.stops import on_sigterm  # no torch, vLLM or Ray
 
@@ -24,7 +23,6 @@ def _train(argv: list[str]) -> int:
              "(RUN_DIR/checkpoints/step-N), or `latest` (the newest run of this config's name that has one)",
     )
     args = parser.parse_args(argv)
-    t0 = time.time()
     from temper.configs.load import ConfigError, load_config
 
     try:
@@ -33,7 +31,6 @@ def _train(argv: list[str]) -> int:
 
         # Config, paths, every data line, plugins and the checkpoint: all before Ray or torch-heavy work.
         prepared = prepare(cfg, resume=args.resume)
-        prepare_s = time.time() - t0
     except ConfigError as e:
         print(f"temper train: {e}", file=sys.stderr)
         return 2
@@ -42,16 +39,13 @@ def _train(argv: list[str]) -> int:
     # `kill` and `ray job stop` send SIGTERM: treat it like Ctrl-C so the same cleanup runs.
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        summary = train(prepared.cfg, prepared=prepared)
+        train(prepared.cfg, prepared=prepared)
     except ConfigError as e:
         print(f"temper train: {e}", file=sys.stderr)
         return 2
     except RunStopped as e:
         print(e.message(["temper", "train", *argv]), file=sys.stderr)
         return 130 if e.interrupted else 1
-    from temper.timeline import describe_phases
-
-    print(describe_phases(prepare_s, summary, time.time() - t0))
     return 0
 
 

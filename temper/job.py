@@ -42,7 +42,7 @@ from temper.prepare import Prepared, prepare
 from temper.report import describe_eval, eval_record, plot_run
 from temper.runs import new_run_dir, runs_base
 from temper.stops import RunError, RunStopped, describe, ending_of
-from temper.timeline import Timeline, describe_startup, drain
+from temper.timeline import Timeline, describe_phases, describe_startup, drain
 from temper.timeline import describe as describe_timeline
 
 __all__ = ["ConfigError", "Prepared", "Run", "RunError", "RunStopped", "prepare", "train"]
@@ -104,6 +104,7 @@ class Run:
             self.last_eval()
             self.finish()
             self.write_results(ending_of(None))
+            self.log(describe_phases(self.p.seconds, self.summary, time.time() - self.p.started_at))
             self.log(f"run directory: {self.run_dir}")
             return self.summary
         except ConfigError:

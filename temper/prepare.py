@@ -10,6 +10,7 @@ ConfigError naming the field, file and line.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,10 @@ class Prepared:
     """The checkpoint folder to continue from."""
     start: int = 0
     """The version (= step) the run starts at: the checkpoint's, or 0."""
+    started_at: float = field(default_factory=time.time)
+    """When preparing began (the run's phase times count from here)."""
+    seconds: float = 0.0
+    """How long preparing took: reading the data, and building the demo's assets when they are not cached."""
 
 
 @dataclass
@@ -50,12 +55,13 @@ class DataRead:
 def prepare(cfg: RunConfig, log=print, resume: str | None = None) -> Prepared:
     """Read and check every data line, validate plugin params, find the checkpoint to resume from, then fill
     in demo assets. Before any actor: every mistake here is a ConfigError naming the field, file and line."""
+    t0 = time.time()
     data = read_data(cfg, DATA_FIELDS, log)  # the files the user named; the demo's own come after it
     if cfg.model.path:
         check_model(cfg.model.path)
     check_plugins(cfg)
     base, _ = runs_base(cfg.logging.run_dir)
-    p = Prepared(cfg, 0, [], runs_base=base)
+    p = Prepared(cfg, 0, [], runs_base=base, started_at=t0)
     if resume:
         find_resume(p, resume)
     if cfg.demo.enabled:
@@ -70,6 +76,7 @@ def prepare(cfg: RunConfig, log=print, resume: str | None = None) -> Prepared:
         raise ConfigError(f"data.train: {len(train)} usable rows for rollout.num_workers = "
                           f"{cfg.rollout.num_workers}: every worker needs at least one")
     p.train_rows, p.eval_rows, p.skipped = len(train), data.rows.get("data.eval", []), data.skipped
+    p.seconds = time.time() - t0
     return p
 
 

@@ -277,11 +277,11 @@ def describe_phases(prepare_s: float, summary: dict[str, Any], total_s: float) -
     """One line at the end of `temper train`: the run's phases in order, in seconds, and what they add up to.
 
     prepare_s: config, data checks and, when the demo's assets are not cached yet, its warm start. The rest
-    (the last eval, the plot, the final save, shutting down) is what the others leave of total_s."""
+    (the last eval, the plot, the final save) is what the others leave of total_s."""
     startup = summary.get("startup") or {}
     up_s = (startup.get("ray_s") or 0.0) + max(startup.get("learner_s", 0.0), *startup.get("workers_s", [0.0])) \
         + startup.get("handshake_s", 0.0)
     parts = {"prepare": prepare_s, "start-up": up_s, "first eval": startup.get("first_eval_s", 0.0),
              "RL": summary.get("rl_seconds", 0.0)}
-    parts["last eval and shutdown"] = max(0.0, total_s - sum(parts.values()))
+    parts["last eval and save"] = max(0.0, total_s - sum(parts.values()))
     return "phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()) + f"; total {total_s:.1f}s"

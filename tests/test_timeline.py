@@ -141,4 +141,4 @@ def test_phase_line_adds_up_to_the_total():
     summary = {"rl_seconds": 50.0, "startup": {"ray_s": 3.0, "learner_s": 12.0, "workers_s": [20.0, 25.0],
                                                "handshake_s": 0.5, "first_eval_s": 4.0}}
     assert describe_phases(10.0, summary, 100.0) == (
-        "phases: prepare 10.0s, start-up 28.5s, first eval 4.0s, RL 50.0s, last eval and shutdown 7.5s; total 100.0s")
+        "phases: prepare 10.0s, start-up 28.5s, first eval 4.0s, RL 50.0s, last eval and save 7.5s; total 100.0s")

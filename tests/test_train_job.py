@@ -71,7 +71,8 @@ def _check_console(proc, run_dir):
     assert proc.stderr.strip() == "", proc.stderr[-3000:]
     expected = [f"run directory: {run_dir}", "starting the learner and rollout worker(s) (vLLM engines)",
                 "start-up: Ray", "engine and worker logs: ", "held-out eval before RL on 16 rows",
-                "held-out accuracy after  RL", "lift: ", "time per step", "plot: ", "saving the final model"]
+                "held-out accuracy after  RL", "lift: ", "time per step", "plot: ", "saving the final model",
+                "phases: "]
     positions = [next((i for i, line in enumerate(lines) if line.startswith(e)), None) for e in expected]
     assert None not in positions and positions == sorted(positions), list(zip(expected, positions, strict=True))
     assert lines[-1] == f"run directory: {run_dir}"
