@@ -124,6 +124,6 @@ def build(cfg: DemoConfig, root: Path, log=print) -> dict[str, Any]:
     tokenizer = build_tokenizer(root / "model")
     model = build_model(cfg, tokenizer)
     info = warm_start(cfg, model, lambda row: episode(tokenizer, row), tokenizer.pad_token_id,
-                      load_rows(train_path), load_rows(val_path), log=log)
+                      load_rows(train_path), load_rows(val_path), log=log, lr=1e-3)
     model.save_pretrained(root / "model", safe_serialization=True)
     return {**info, "parameters": sum(p.numel() for p in model.parameters())}

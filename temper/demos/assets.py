@@ -15,7 +15,7 @@ import torch
 
 from temper.configs.schema import DemoConfig
 
-ASSETS_VERSION = 4
+ASSETS_VERSION = 5
 
 
 def demo_key(cfg: DemoConfig) -> str:
