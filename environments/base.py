@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from temper.configs.base import NoParams
 from temper.environments.chat_encoding import encode_chat
+from temper.rewards.base import VerifyResult
 
 __all__ = ["CompletionLike", "Environment", "Episode", "Generate", "encode_chat"]
 
@@ -33,10 +34,11 @@ class CompletionLike(Protocol):
 
 class Generate(Protocol):
     """generate(prompt_token_ids, n, max_tokens=None) -> n completions of that prompt, ordered. max_tokens caps
-    this call below the run's sampling.max_tokens (never above it)."""
+    this call below the run's sampling.max_tokens (never above it). Further keywords (`sampling={...}`: stop,
+    seed) reach the engine unchanged (rollout/engine.py)."""
 
     def __call__(
-        self, prompt_ids: list[int], n: int, max_tokens: int | None = None
+        self, prompt_ids: list[int], n: int, max_tokens: int | None = None, **kwargs: Any
     ) -> Awaitable[list[CompletionLike]]: ...
 
 
@@ -81,6 +83,8 @@ class Episode:
     turns: int = 1
     tool_calls: int = 0
     tool_errors: dict[str, int] = field(default_factory=dict)
+    episode: int | None = None
+    verdict: VerifyResult | None = None
 
     def __post_init__(self) -> None:
         n = len(self.completion_token_ids)
@@ -119,4 +123,8 @@ class Environment(ABC):
 
     @abstractmethod
     async def run_group(self, row: dict[str, Any], generate: Generate, n: int) -> list[Episode]:
-        """Run n episodes of one row (a GRPO group)."""
+        """Run n episodes of one row (a GRPO group): n samples, or more when an episode is several samples
+        (each then carries its `episode` index)."""
+
+    async def aclose(self) -> None:
+        """Release what the environment holds across episodes (a server, a pool), in the loop that ran them."""

@@ -11,6 +11,7 @@ from temper.environments.base import Environment
 BUILTIN_ENVIRONMENTS: dict[str, str] = {
     "single_turn": "temper.environments.single_turn:SingleTurnEnvironment",
     "tool": "temper.environments.tool_env:ToolEnvironment",
+    "agent": "temper.environments.agent.environment:AgentEnvironment",
 }
 
 

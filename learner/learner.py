@@ -162,14 +162,20 @@ class Learner:
         """One batch of scored groups -> mini_batches * epochs optimizer steps -> one new weight version."""
         t0 = time.perf_counter()
         algo, lc = self.cfg.algorithm, self.cfg.learner
-        samples = [s for g in groups for s in g.samples]
-        rewards_GN = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
-        adv = compute_advantages(rewards_GN, algo.advantage).flatten()  # [B], sample order; over whole groups
+        rewards_GN = torch.tensor([g.rewards for g in groups], dtype=torch.float32)  # per episode
+        adv_GN = compute_advantages(rewards_GN, algo.advantage)
+        # Each sample takes its episode's advantage (an agent's segments share one). A sample with no tokens
+        # (an agent that made no call) counts in its group's baseline above and has nothing to train.
+        trained_G = [[(s, adv_GN[g, e]) for s, e in zip(grp.samples, grp.episodes, strict=True) if s.loss_mask]
+                     for g, grp in enumerate(groups)]
+        samples = [s for pairs in trained_G for s, _ in pairs]
+        adv = torch.tensor([float(a) for pairs in trained_G for _, a in pairs])  # [B], sample order
 
         lengths = [len(s.prompt_token_ids) + len(s.completion_token_ids) for s in samples]
         # One plan per optimizer step: its mini-batch of whole groups, split across the ranks by tokens, each
         # rank's share packed into micro-batches. Every rank plans every rank's share (the same result).
-        plans = [self._plan(mini, lengths) for mini in self._mini_batches(groups)]  # [step][rank][micro-batch]
+        minis = self._mini_batches([len(pairs) for pairs in trained_G])
+        plans = [self._plan(mini, lengths) for mini in minis]  # [step][rank][micro-batch]
         # Each step's loss normaliser, over all of the step's samples (every rank's share).
         normalizers = [loss_normalizer(algo, [self._mask(samples, mb) for share in step for mb in share])
                        for step in plans]
@@ -230,13 +236,14 @@ class Learner:
             "version": self.version,
         }
 
-    def _mini_batches(self, groups: list[Group]) -> list[list[int]]:
-        """Sample indices of each mini-batch: learner.mini_batches consecutive, equal runs of whole groups."""
+    def _mini_batches(self, group_sizes: list[int]) -> list[list[int]]:
+        """Sample indices of each mini-batch: learner.mini_batches consecutive, equal runs of whole groups.
+        group_sizes: each group's trained samples."""
         n = self.cfg.learner.mini_batches
-        if len(groups) % n:
-            raise ValueError(f"{len(groups)} groups do not split into learner.mini_batches = {n} equal parts")
-        starts = list(itertools.accumulate((len(g.samples) for g in groups), initial=0))
-        per = len(groups) // n
+        if len(group_sizes) % n:
+            raise ValueError(f"{len(group_sizes)} groups do not split into learner.mini_batches = {n} equal parts")
+        starts = list(itertools.accumulate(group_sizes, initial=0))
+        per = len(group_sizes) // n
         return [list(range(starts[k * per], starts[(k + 1) * per])) for k in range(n)]
 
     def _plan(self, mini: list[int], lengths: list[int]) -> list[list[list[int]]]:

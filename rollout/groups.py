@@ -10,6 +10,7 @@ added, and each episode becomes a Sample of the group. The rollout worker (train
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from temper.configs.schema import RunConfig
@@ -52,20 +53,28 @@ class GroupRunner:
         """`generate` with every call's max_tokens at most the run's sampling.max_tokens (and that when unset)."""
         limit = self.cfg.rollout.sampling.max_tokens
 
-        def call(prompt_ids: list[int], n: int, max_tokens: int | None = None):
-            return generate(prompt_ids, n, limit if max_tokens is None else min(max_tokens, limit))
+        def call(prompt_ids: list[int], n: int, max_tokens: int | None = None, **kwargs: Any):
+            return generate(prompt_ids, n, limit if max_tokens is None else min(max_tokens, limit), **kwargs)
 
         return call
 
     async def scored(self, row: dict[str, Any], generate: Generate, n: int) -> list[tuple[Episode, VerifyResult]]:
-        """n episodes of `row` and the rubric's verdict on each, the environment's turn rewards added."""
-        episodes = await self.env.run_group(row, self.capped(generate), n)
+        """The samples of n episodes of `row` and the verdict on each, the environment's turn rewards added.
+
+        An episode is one sample, or several (an agent's segments, numbered by `Episode.episode`) that share
+        one verdict: the environment's own (`Episode.verdict`), else the rubric's on its last sample."""
+        episodes = [e if e.episode is not None else replace(e, episode=j)
+                    for j, e in enumerate(await self.env.run_group(row, self.capped(generate), n))]
+        last = {e.episode: e for e in episodes}
+        ask = [e for e in last.values() if e.verdict is None]
         label, metadata = row.get(self.cfg.data.label_key), self.metadata(row)
         results = await self.rubric.ascore(
-            [VerifyRequest(e.response, label, e.prompt, metadata, e.messages, e.info) for e in episodes]
+            [VerifyRequest(e.response, label, e.prompt, metadata, e.messages, e.info) for e in ask]
         )
+        verdicts = {e.episode: r for e, r in zip(ask, results, strict=True)}
+        verdicts.update({k: e.verdict for k, e in last.items() if e.verdict is not None})
         weight = self.cfg.rewards.turn_reward_weight
-        return [(e, add_turn_rewards(r, e.turn_rewards, weight)) for e, r in zip(episodes, results, strict=True)]
+        return [(e, add_turn_rewards(verdicts[e.episode], e.turn_rewards, weight)) for e in episodes]
 
     async def run(self, row: dict[str, Any], generate: Generate, n: int, group_id: str) -> Group:
         """One scored group of `row`: its samples are `{group_id}-s0` .. `{group_id}-s{n-1}`."""

@@ -49,6 +49,7 @@ class Sample(Episode):
     ) -> Sample:
         """An environment's episode plus the scorer's verdict on it."""
         own = {name: getattr(episode, name) for name in _EPISODE_FIELDS}
+        own["verdict"] = None  # spent: reward, breakdown and error hold it
         return cls(
             id=id, group_id=group_id, label=label, metadata=metadata, **own,
             reward=result.score, correct=bool(result.correct), breakdown=result.breakdown, error=result.error,
@@ -65,8 +66,9 @@ class Sample(Episode):
 
 
 _EPISODE_FIELDS = tuple(f.name for f in fields(Episode))
-# A rollouts.jsonl line opens with the ids, then the episode, then the verdict.
-_FIELD_NAMES = ("id", "group_id") + tuple(f.name for f in fields(Sample) if f.name not in ("id", "group_id"))
+# A rollouts.jsonl line opens with the ids, then the episode, then the verdict (the environment's own verdict
+# is not written: reward, breakdown and error hold it).
+_FIELD_NAMES = ("id", "group_id") + tuple(f.name for f in fields(Sample) if f.name not in ("id", "group_id", "verdict"))
 
 
 def json_default(obj: Any) -> Any:
@@ -84,11 +86,23 @@ class Group:
 
     @property
     def min_version(self) -> int:
-        return min(s.versions[0] for s in self.samples)
+        """The oldest version that sampled any of its tokens (0 when none sampled any)."""
+        return min((s.versions[0] for s in self.samples if any(s.loss_mask)), default=0)
+
+    @property
+    def episodes(self) -> list[int]:
+        """Per sample, the index of its episode in `rewards` (segments of one episode share it)."""
+        keys = [s.episode if s.episode is not None else ("sample", j) for j, s in enumerate(self.samples)]
+        order = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        return [order[k] for k in keys]
 
     @property
     def rewards(self) -> list[float]:
-        return [s.reward for s in self.samples]
+        """One reward per episode, in order: what GRPO normalises over (an episode's segments share it)."""
+        first: dict[int, float] = {}
+        for i, s in zip(self.episodes, self.samples, strict=True):
+            first.setdefault(i, s.reward)
+        return list(first.values())
 
 
 def episode_metrics(samples: list[Sample]) -> dict[str, float]:
@@ -98,6 +112,8 @@ def episode_metrics(samples: list[Sample]) -> dict[str, float]:
     calls = sum(s.tool_calls for s in samples)
     out: dict[str, float] = {"rollout/turns_mean": sum(s.turns for s in samples) / n,
                              "rollout/tool_calls_mean": calls / n}
+    if any("segments" in s.info for s in samples):  # an agent's episodes can be several samples
+        out["rollout/segments_per_episode"] = n / len({(s.group_id, s.episode) for s in samples})
     errors = Counter(kind for s in samples for kind, k in s.tool_errors.items() for _ in range(k))
     if calls:
         out["rollout/tool_error_rate"] = sum(errors.values()) / calls

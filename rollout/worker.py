@@ -166,9 +166,10 @@ class RolloutWorker:
         """Run and score one group of `row`: `group_size` sampled episodes, or one greedy episode.
         env: another environment to run it in (default the run's)."""
 
-        async def generate(prompt_ids: list[int], n: int, max_tokens: int | None = None):
+        async def generate(prompt_ids: list[int], n: int, max_tokens: int | None = None, **kwargs: Any):
             with self.activity.during("eval" if greedy else "busy"):
-                return await self.engine.generate(prompt_ids, 1 if greedy else n, greedy=greedy, max_tokens=max_tokens)
+                return await self.engine.generate(prompt_ids, 1 if greedy else n, greedy=greedy,
+                                                  max_tokens=max_tokens, **kwargs)
 
         runner = self.runner if env is None else self.runner.with_environment(env)
         group = await runner.run(row, generate, 1 if greedy else self.cfg.rollout.group_size, group_id)

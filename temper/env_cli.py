@@ -72,7 +72,7 @@ class Replies:
     def __init__(self, tokenizer, replies: list[str]) -> None:
         self.tok, self.replies, self.turn = tokenizer, replies, 0
 
-    async def __call__(self, prompt_ids: list[int], n: int, max_tokens: int | None = None):
+    async def __call__(self, prompt_ids: list[int], n: int, max_tokens: int | None = None, **sampling: Any):
         from temper.rollout.engine import Completion
 
         if self.turn >= len(self.replies):
@@ -95,12 +95,50 @@ def run(cfg: RunConfig, row: dict[str, Any], replies: list[str], tokenizer_path:
 
     tok = tokenizer_for(cfg, tokenizer_path)
     with Rubric(cfg.rewards, processes=0) as rubric:
-        runner = GroupRunner(cfg, make_environment(cfg, tok), rubric)
-        ((ep, result),) = asyncio.run(runner.scored(row, Replies(tok, replies), 1))
-    return tok, ep, result
+        env = make_environment(cfg, tok)
+
+        async def episode():
+            try:
+                return await GroupRunner(cfg, env, rubric).scored(row, Replies(tok, replies), 1)
+            finally:
+                await env.aclose()
+
+        scored = asyncio.run(episode())
+    return tok, scored
 
 
-def show(tok, ep, result) -> None:
+def show_calls(calls: list[dict[str, Any]]) -> None:
+    """An agent's calls (environments/agent): what each sent last, and where its tokens went."""
+    for c in calls:
+        last = c["last_message"]
+        content = (last["content"] or "")[:80].replace("\n", "\u21b5")
+        print(f"call {c['call'] + 1}: {c['messages']} messages, the last {last['role']}: {content!r}\n"
+              f"    -> segment {c['segment'] + 1} ({'extended by ' + str(c['glue_tokens']) + ' glue tokens' if c['extends'] else 'new'}); "
+              f"prompt {c['prompt_tokens']} tokens, reply {c['completion_tokens']} tokens, {c['finish_reason']}")
+    print()
+
+
+def show(tok, scored) -> None:
+    ep, result = scored[-1]
+    if "calls" in ep.info:
+        show_calls(ep.info["calls"])
+        print(f"retries answered again: {ep.info['retries']}; auxiliary calls (not trained on): "
+              f"{ep.info['auxiliary_calls']}\n")
+    for i, (segment, _) in enumerate(scored):
+        if len(scored) > 1:
+            print(f"=== segment {i + 1} of {len(scored)} (one training sample each, sharing the reward)")
+        show_tokens(tok, segment)
+    print(f"\nstop reason: {ep.stop_reason}; turns: {ep.turns}; tool calls: {ep.tool_calls}; "
+          f"tool errors: {ep.tool_errors or 'none'}")
+    if ep.turn_rewards:
+        print(f"environment's turn rewards: {list(ep.turn_rewards)}")
+    print(f"reward: {result.score:g} ({'correct' if result.correct else 'not correct'}); "
+          f"breakdown: {json.dumps(result.breakdown, default=str)}")
+    if result.error:
+        print(f"verifier error: {result.error}")
+
+
+def show_tokens(tok, ep) -> None:
     print(f"prompt: {len(ep.prompt_token_ids)} tokens")
     spans = ep.spans or ({"role": "assistant", "start": 0, "end": len(ep.completion_token_ids)},)
     turn = 0
@@ -116,14 +154,6 @@ def show(tok, ep, result) -> None:
             print(f"  environment: {len(ids)} tokens, loss mask {mask}, special tokens {len(specials)}: "
                   f"{' '.join(specials) or 'none'}")
         print("    " + text.replace("\n", "\u21b5\n    "))  # newlines shown, since the template's matter
-    print(f"\nstop reason: {ep.stop_reason}; turns: {ep.turns}; tool calls: {ep.tool_calls}; "
-          f"tool errors: {ep.tool_errors or 'none'}")
-    if ep.turn_rewards:
-        print(f"environment's turn rewards: {list(ep.turn_rewards)}")
-    print(f"reward: {result.score:g} ({'correct' if result.correct else 'not correct'}); "
-          f"breakdown: {json.dumps(result.breakdown, default=str)}")
-    if result.error:
-        print(f"verifier error: {result.error}")
 
 
 def main(argv: list[str]) -> int:
@@ -140,14 +170,18 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        tok, ep, result = run(cfg, read_row(args.row), args.reply, args.tokenizer)
+        tok, scored = run(cfg, read_row(args.row), args.reply, args.tokenizer)
     except (UsageError, ConfigError) as e:
         print(f"temper env try: {e}", file=sys.stderr)
         return 2
     if args.format == "json":
         from dataclasses import asdict
 
-        print(json.dumps({"episode": asdict(ep), "reward": asdict(result)}, default=str))
+        ep, result = scored[-1]
+        out = {"episode": asdict(ep), "reward": asdict(result)}
+        if len(scored) > 1:  # an agent's episode in several samples: the last holds the answer, all share the reward
+            out["segments"] = [asdict(e) for e, _ in scored]
+        print(json.dumps(out, default=str))
     else:
-        show(tok, ep, result)
+        show(tok, scored)
     return 0

@@ -3,7 +3,8 @@
 Each episode gets a base URL of its own, `http://127.0.0.1:PORT/sessions/{sid}/v1`, and every request must
 carry the run's secret as its bearer key; any `openai` client then works unchanged:
 `AsyncOpenAI(base_url=handle.base_url, api_key=secret)`. Routes under that base: `POST /chat/completions`
-(streaming too), `POST /completions`, `GET /models`.
+(streaming too), `POST /completions`, `GET /models`, and `POST /temper/end` (an agent in another process
+ends its session, optionally with `{"reward": x}`).
 
 Generation goes through the episode's `generate(prompt_ids, n, max_tokens=...)`, the same callable native
 environments get in `run_group`, so per-token versions, in-flight weight updates and the run's token limit
@@ -55,6 +56,7 @@ class _Entry:
     session: Session
     generate: Generate
     gone: bool = False
+    ended: bool = False
     calls: set[asyncio.Task] = field(default_factory=set)
 
 
@@ -84,6 +86,7 @@ class AgentEndpoint:
             web.post("/sessions/{sid}/v1/chat/completions", self._chat),
             web.post("/sessions/{sid}/v1/completions", self._completions),
             web.get("/sessions/{sid}/v1/models", self._models),
+            web.post("/sessions/{sid}/v1/temper/end", self._end),
         ])
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -101,9 +104,10 @@ class AgentEndpoint:
             self._runner = None
 
     # ------------------------------------------------------------------ sessions
-    def open(self, generate: Generate, history: History = "as_sampled") -> SessionHandle:
+    def open(self, generate: Generate, history: History = "as_sampled", session: Session | None = None) -> SessionHandle:
+        """A new session generating through `generate` (session: one made by the caller, else a new one)."""
         sid = secrets.token_hex(8)
-        self._sessions[sid] = _Entry(Session(self.tokenizer, history), generate)
+        self._sessions[sid] = _Entry(session or Session(self.tokenizer, history), generate)
         return SessionHandle(sid, f"{self.url}/sessions/{sid}/v1")
 
     def end(self, sid: str) -> Session:
@@ -125,6 +129,9 @@ class AgentEndpoint:
             self._authorize(request)
             return await handler(request)
         except RequestError as e:
+            entry = self._sessions.get(request.match_info.get("sid", ""))
+            if e.status == 400 and entry is not None:  # the episode's fault: it scores 0 (environment.py)
+                entry.session.faults.append(f"bad_request: {e}")
             return web.json_response(e.body(), status=e.status)
         except web.HTTPException as e:
             kind = "not_found_error" if e.status == 404 else "invalid_request_error"
@@ -141,7 +148,7 @@ class AgentEndpoint:
 
     def _entry(self, request: web.Request) -> _Entry:
         entry = self._sessions.get(request.match_info["sid"])
-        if entry is None:
+        if entry is None or entry.ended:
             raise RequestError(f"session {request.match_info['sid']!r} does not exist or has ended", status=404,
                                kind="not_found_error")
         if entry.gone:
@@ -158,6 +165,16 @@ class AgentEndpoint:
         self._entry(request)
         return web.json_response({"object": "list", "data": [
             {"id": self.model_name, "object": "model", "created": 0, "owned_by": "temper"}]})
+
+    async def _end(self, request: web.Request) -> web.Response:
+        """An agent in another process ends its session, optionally with the reward: `{"reward": x}`."""
+        entry = self._entry(request)
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object, e.g. {\"reward\": 1.0}")
+        entry.session.reported = body if body.get("reward") is not None else None
+        entry.ended = True
+        return web.json_response({"ended": True})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         entry = self._entry(request)

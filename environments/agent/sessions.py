@@ -174,6 +174,14 @@ class Session:
         """Calls answered by sampling and recorded (retries and auxiliary calls not counted)."""
         self.retries = 0
         self.auxiliary_calls = 0
+        self.faults: list[str] = []
+        """Why the episode must score 0, in order (a refused request, a spent budget); filled by its owners."""
+        self.reported: Any = None
+        """The reward an agent in another process sent with `POST .../temper/end` (server.py), if any."""
+        self.log: list[dict[str, Any]] = []
+        """Per recorded call: its segment, whether it extended one, its last message and token counts."""
+        self.last_segment: int | None = None
+        """The segment holding the latest answer (what a rubric judges)."""
         self._tips: list[Tip] = []
         self._answers: dict[str, asyncio.Future[Answer]] = {}
         self._call_ids = itertools.count()
@@ -287,11 +295,19 @@ class Session:
         for c in completions:
             choice = self._choice(c, parse_tools)
             seg = plan.base
-            if seg is not None and len(seg.traj.ids) == plan.offset:  # still its latest answer: extend it
+            extends = seg is not None and len(seg.traj.ids) == plan.offset
+            if extends:  # still its latest answer: extend it
                 seg.traj.add_env(plan.glue)
             else:  # first call, rewritten history, a branch, or a further choice: exact ids, a new sample
                 seg = Segment(Trajectory(plan.prompt_ids), prompt=list(messages), tools=tools_key)
                 self.segments.append(seg)
+            self.last_segment = self.segments.index(seg)
+            last = messages[-1] if messages else {}
+            self.log.append({"call": self.calls, "segment": self.last_segment, "extends": extends,
+                             "messages": len(messages), "last_message": {"role": last.get("role"),
+                                                                         "content": _text(last.get("content"))},
+                             "prompt_tokens": len(plan.prompt_ids), "glue_tokens": len(plan.glue) if extends else 0,
+                             "completion_tokens": len(c.token_ids), "finish_reason": choice.finish_reason})
             seg.traj.add_sampled(c.token_ids, c.logprobs, c.token_versions)
             seg.messages = [*messages, choice.message]
             seg.response, seg.stop_reason = choice.text, choice.finish_reason

@@ -1,6 +1,7 @@
 """The Learner on a real (tiny) HF model, without Ray: a step moves the weights the right way, log-probs
 agree with an independent forward pass."""
 
+import dataclasses
 import math
 
 import pytest
@@ -65,6 +66,24 @@ def test_a_step_raises_the_rewarded_completion(demo_assets, tmp_path):
     assert metrics["learner/logp_mismatch"] < 1e-5  # rollout log-probs came from this very model
     assert metrics["reward/mean"] == 0.5 and metrics["reward/accuracy"] == 0.5
     assert math.isfinite(metrics["learner/grad_norm"]) and metrics["learner/grad_norm"] > 0
+
+
+def test_segments_share_their_episodes_advantage_and_an_episode_without_tokens_only_counts(demo_assets, tmp_path):
+    """An agent's episode can be two samples (segments) or none with tokens (it made no call): GRPO normalises
+    over the 3 episodes' rewards (1, 0, 0), both segments of the rewarded one rise, and the empty one is not
+    trained on."""
+    learner = Learner(make_cfg(demo_assets, optimizer={"lr": 1e-2, "schedule": "constant"}), str(tmp_path / "w"))
+    seg_a = dataclasses.replace(sample_from(learner, "g", 0, [70, 71], 1.0), episode=0)
+    seg_b = dataclasses.replace(sample_from(learner, "g", 1, [72, 73], 1.0), episode=0)
+    bad = dataclasses.replace(sample_from(learner, "g", 2, [80, 81], 0.0), episode=1)
+    empty = dataclasses.replace(bad, id="g-3", completion_token_ids=(), logprobs=(), loss_mask=(), episode=2)
+    group = Group("g", (seg_a, seg_b, bad, empty))
+    assert group.episodes == [0, 0, 1, 2] and group.rewards == [1.0, 0.0, 0.0]
+    metrics = learner.train_step([group])
+    assert metrics["reward/mean"] == pytest.approx(1 / 3) and metrics["rollout/completion_tokens"] == 6
+    for before in (seg_a, seg_b):
+        after = sample_from(learner, "g", 0, list(before.completion_token_ids), 1.0)
+        assert sum(after.logprobs) > sum(before.logprobs)
 
 
 def test_micro_batches_follow_the_token_budget(demo_assets, tmp_path):
