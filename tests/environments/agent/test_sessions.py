@@ -16,8 +16,8 @@ from agent_chat import (
 )
 
 from temper.environments.agent.sessions import Session
-from temper.environments.agent.untrusted import encode_untrusted_chat
 from temper.environments.calculator import calculator
+from temper.environments.chat_encoding import encode_untrusted_chat
 from temper.environments.tool_env import ToolEnvironment
 from temper.environments.trajectory import TemplatePrefixError
 
