@@ -98,6 +98,21 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, Any]], *, tools: list[d
     return encode_rendering(tokenizer, render_chat(tokenizer, messages, tools=tools, as_text=as_text))
 
 
+def encode_untrusted_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                          add_generation_prompt: bool) -> list[int]:
+    """Token ids of `messages` (and `tools`) under the tokenizer's chat template, every content but the
+    assistant's encoded as plain text: special- and added-token strings inside it become ordinary text
+    tokens. A chat without such strings encodes exactly as `tokenizer.encode(rendering)` does.
+
+    For conversations that come from outside (an agent's client) or follow sampled turns (the glue between
+    turns): assistant messages are what the engine sampled, sent back, and templates parse their tags (a
+    template that strips `<think>...</think>` from earlier turns must see those tags)."""
+    as_text = [i for i, m in enumerate(messages) if m.get("role") != "assistant"]
+    rendering = render_chat(tokenizer, messages, tools=tools, generation_prompt=add_generation_prompt,
+                            as_text=as_text)
+    return encode_rendering(tokenizer, rendering)
+
+
 def encode_text(tokenizer: Any, text: str) -> list[int]:
     """Ordinary token ids of `text`, no special or added token matched (`<|im_end|>` becomes `<|`, `im`...).
 

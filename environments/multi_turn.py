@@ -9,7 +9,7 @@ A subclass writes three methods and never sees a token:
 
 The loop below does the rest: it renders the opening with the chat template, samples each turn with its
 max_tokens clamped to what is left of the completion budget and of the engine's context, appends the sampled
-tokens as sampled and the tokens between turns as the difference of chat-template renderings (see
+tokens as sampled and the tokens between turns as the difference of chat-template renderings (`history`, see
 trajectory.py), and records why the episode stopped. A sample cut off by a budget stays a valid training
 sample: its tokens are what the policy sampled and its reward is what the verifiers give the last reply.
 """
@@ -27,7 +27,7 @@ from pydantic import Field
 from temper.configs.base import Strict
 from temper.environments.base import Environment, Episode, Generate
 from temper.environments.tools import Tool, ToolResult
-from temper.environments.trajectory import ChatRenderer, TemplatePrefixError, Trajectory
+from temper.environments.trajectory import ChatRenderer, History, TemplatePrefixError, Trajectory
 
 
 class MultiTurnParams(Strict):
@@ -40,6 +40,15 @@ class MultiTurnParams(Strict):
     truncated_turns: Literal["end", "continue"] = "end"
     """A turn cut off at sampling.max_tokens: end the episode (stop "length"), or hand the cut reply to
     `step` like any other. A turn cut by the context or completion budget always ends it."""
+    history: History = "as_sampled"
+    """The context the next turn is sampled from. "as_sampled" (default): exactly what the policy sampled,
+    the tokens of new messages taken after a fixed stand-in history, so they do not depend on how the
+    template re-renders older turns: the episode is one sample, never "template_mismatch" (unless the
+    template re-renders even the stand-in, e.g. hides every earlier assistant turn). "template": what the
+    template renders; where it rewrites history (Qwen3-style templates drop earlier `<think>` reasoning) the
+    episode ends with stop reason "template_mismatch", its tokens so far a valid sample (the agent endpoint's
+    Session, which takes the same two values, starts a new segment there instead). Where the template keeps
+    history the two give the same tokens."""
 
 
 @dataclass
@@ -121,8 +130,8 @@ class MultiTurnEnvironment(Environment):
             traj.add_sampled(c.token_ids, c.logprobs, c.token_versions)
             turns += 1
             sampled_text = renderer.decode(c.token_ids)
-            ids = c.token_ids[:-1] if c.token_ids and c.token_ids[-1] == eos else c.token_ids
-            reply = renderer.decode(ids)
+            ended_with_eos = bool(c.token_ids) and c.token_ids[-1] == eos
+            reply = renderer.decode(c.token_ids[:-1] if ended_with_eos else c.token_ids)
             messages.append({"role": "assistant", "content": reply})
             if c.finish_reason == "length":  # cut off mid-turn: whatever it was doing is unfinished
                 if limit and len(c.token_ids) >= budget:
@@ -151,7 +160,10 @@ class MultiTurnEnvironment(Environment):
             if turns == p.max_turns:
                 break  # no turn left to read the observations: don't add them
             try:
-                glue = renderer.glue(messages, sampled_text, result.observations)
+                if p.history == "as_sampled":
+                    glue = renderer.stand_in_glue(result.observations, ended_with_eos)
+                else:
+                    glue = renderer.glue(messages, sampled_text, result.observations)
             except TemplatePrefixError as e:
                 stop, info["template_mismatch"] = "template_mismatch", str(e)
                 break

@@ -6,23 +6,42 @@ that differ from what the policy sampled (other BPE merges, a re-serialized tool
 rewrites earlier turns). The learner then computes log-probs of tokens the policy never produced.
 
 So nothing here is ever re-encoded. Sampled tokens are appended as sampled. The tokens *between* turns
-(tool responses and the template's glue) are the text the template adds after the conversation so far:
-render(conversation + new messages, with the generation prompt) minus render(conversation so far) minus the
-assistant's sampled text. They get loss_mask 0, log-prob 0 and version ENV_VERSION. A template that cannot
-have this prefix property (one that rewrites history, e.g. drops earlier reasoning) raises
-TemplatePrefixError naming where the two renderings part; the episode ends there with stop reason
-"template_mismatch" (its tokens so far stay exact and trainable).
+(tool responses and the template's glue) get loss_mask 0, log-prob 0 and version ENV_VERSION, and are found
+one of two ways (`History`):
+- "as_sampled" (`ChatRenderer.stand_in_glue`): the template's text for the new messages after a short fixed
+  stand-in history ending in a plain assistant message (STAND_IN), rendered with and without them. It never
+  depends on how the template re-renders older turns, so a template that rewrites history (Qwen3 drops
+  earlier `<think>` reasoning) still gives one exact sample; the context then holds the past as sampled, not
+  as the template would render it now.
+- "template" (`ChatRenderer.glue`): render(conversation + new messages, with the generation prompt) minus
+  render(conversation so far) minus the assistant's sampled text. A template that rewrites history has no
+  such prefix: TemplatePrefixError names where the two renderings part, and the caller stops there (the
+  native environments end the episode with stop reason "template_mismatch", its tokens so far exact and
+  trainable).
+For a template that keeps history the two are the same tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from temper.environments.chat_encoding import encode_chat, encode_rendering, render_chat
+from temper.environments.chat_encoding import (
+    encode_chat,
+    encode_rendering,
+    encode_untrusted_chat,
+    render_chat,
+)
 
 ENV_VERSION = -1
 """The weight version recorded for tokens the environment inserted (no policy produced them)."""
+
+History = Literal["as_sampled", "template"]
+"""How the tokens between turns are found (see the module's docstring)."""
+
+STAND_IN = ({"role": "user", "content": "0"}, {"role": "assistant", "content": "1"})
+"""The history the "as_sampled" glue of new messages is rendered after: plain enough that no template
+rewrites it."""
 
 
 class TemplatePrefixError(ValueError):
@@ -107,8 +126,9 @@ class ChatRenderer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def glue(self, history: list[dict[str, Any]], sampled_text: str, new: list[dict[str, Any]]) -> list[int]:
-        """Token ids of the text the template puts after the assistant's sampled text once `new` messages
-        follow it; the contents of `new` are text (a tool printing `<|im_end|>` cannot end its turn).
+        """History "template": token ids of the text the template puts after the assistant's sampled text
+        once `new` messages follow it; the contents of `new` are text (a tool printing `<|im_end|>` cannot
+        end its turn).
 
         history: the conversation up to and including the assistant message whose sampled text is
         `sampled_text`. Raises TemplatePrefixError when the template renders the past differently."""
@@ -124,3 +144,31 @@ class ChatRenderer:
                 f"{plain[max(0, at - 40) : at + 40]!r}"
             )
         return encode_rendering(self.tokenizer, after, start=len(before))
+
+    def stand_in_glue(self, new: list[dict[str, Any]], ended_with_eos: bool) -> list[int]:
+        """Token ids the template puts after an assistant turn once `new` messages follow (and the next
+        assistant turn opens), whatever came before that turn: the rendering of STAND_IN + `new` past that of
+        STAND_IN. The contents of `new` are text but an assistant's (chat_encoding.encode_untrusted_chat).
+
+        ended_with_eos: the turn's sampled ids end with the EOS token, which the template's text after the
+        turn then starts with (left out here). Raises TemplatePrefixError when the template re-renders even
+        the stand-in, or does not end an assistant turn with EOS."""
+        tok, eos = self.tokenizer, self.tokenizer.eos_token_id
+        head = encode_untrusted_chat(tok, list(STAND_IN[:1]), self.tools, add_generation_prompt=True)
+        head += self.encode(STAND_IN[1]["content"])
+        full = encode_untrusted_chat(tok, [*STAND_IN, *new], self.tools, add_generation_prompt=True)
+        if full[: len(head)] != head:
+            raise TemplatePrefixError(
+                "the chat template renders the stand-in history "
+                f"{self.decode(head)!r} differently once new messages follow: "
+                f"{self.decode(full[: len(head) + 8])!r}; it cannot extend a conversation token-exactly"
+            )
+        rest = full[len(head) :]
+        if ended_with_eos:
+            if not rest or rest[0] != eos:
+                raise TemplatePrefixError(
+                    f"the chat template does not end an assistant turn with the EOS token {eos}: "
+                    f"after it comes {self.decode(rest[:8])!r}"
+                )
+            rest = rest[1:]
+        return rest

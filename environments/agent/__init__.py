@@ -5,6 +5,6 @@ any `openai` client, generating through the same `generate` callable native envi
 """
 
 from temper.environments.agent.sessions import Answer, Choice, History, Session
-from temper.environments.agent.untrusted import encode_untrusted_chat
+from temper.environments.chat_encoding import encode_untrusted_chat
 
 __all__ = ["Answer", "Choice", "History", "Session", "encode_untrusted_chat"]

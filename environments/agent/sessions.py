@@ -9,16 +9,17 @@ So a session keeps, for every answer it gave, a *tip*: the conversation the clie
 messages plus the assistant message returned, compared as data) and where that answer ends in the recorded
 token ids. A request whose messages extend a tip is prompted with those recorded ids followed by the *glue*
 of the new messages: the template's text for them, taken as the difference between a short fixed stand-in
-history ending in a plain assistant message, rendered with and without the new messages. The glue thus never
-depends on how the template re-renders older turns; for templates that do not rewrite history it is exactly
-what the native tool environment inserts (trajectory.py: after a sampled end-of-turn token, the template's
-newline and the next turn; without one, the end-of-turn token too).
+history ending in a plain assistant message, rendered with and without the new messages
+(trajectory.ChatRenderer.stand_in_glue). The glue thus never depends on how the template re-renders older
+turns; it is exactly what the native environments insert with the same `history = "as_sampled"` (after a
+sampled end-of-turn token, the template's newline and the next turn; without one, the end-of-turn token too).
 
 Segments. Each run of calls that extends its own latest answer is one segment, one training sample (an
 `Episode`). A new segment starts on the first call, on a request that extends no tip (history rewritten), on
 one that extends an older answer (a branch: its prompt is the recorded ids at that point, still exact), and
 for the extra choices of an `n > 1` call. With `history = "template"` every call is rendered by the template
-instead, and a segment continues only while that rendering extends its recorded ids.
+instead, and a segment continues only while that rendering extends its recorded ids (where a native
+environment ends its episode with stop reason "template_mismatch", a session starts a new segment).
 
 Retries. A request equal to one already answered (same messages, tools and settings) gets the recorded answer
 again, and concurrent duplicates share one generation. Sampling again would leave two answers to one prompt:
@@ -34,19 +35,15 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from temper.environments.agent.untrusted import encode_untrusted_chat
 from temper.environments.base import CompletionLike, Episode
+from temper.environments.chat_encoding import encode_untrusted_chat
 from temper.environments.tools import HermesParser
-from temper.environments.trajectory import ChatRenderer, TemplatePrefixError, Trajectory
+from temper.environments.trajectory import ChatRenderer, History, Trajectory
 
-History = Literal["as_sampled", "template"]
 Sample = Callable[[list[int], int], Awaitable[list[CompletionLike]]]
 """sample(prompt_ids, n) -> n completions: the episode's `generate` with the request's settings bound."""
-
-STAND_IN = ({"role": "user", "content": "0"}, {"role": "assistant", "content": "1"})
-"""The history the glue of new messages is rendered after: plain enough that no template rewrites it."""
 
 
 # ------------------------------------------------------------------------------------------ messages as data
@@ -266,25 +263,9 @@ class Session:
 
     def glue(self, new: list[dict[str, Any]], tools: list[dict[str, Any]] | None, ended_with_eos: bool) -> list[int]:
         """Token ids the template puts after an assistant turn once `new` messages follow (and the next
-        assistant turn opens). ended_with_eos: that turn's sampled ids end with the end-of-turn token."""
-        head = encode_untrusted_chat(self.tokenizer, list(STAND_IN[:1]), tools, add_generation_prompt=True)
-        head += self.renderer.encode(STAND_IN[1]["content"])
-        full = encode_untrusted_chat(self.tokenizer, [*STAND_IN, *new], tools, add_generation_prompt=True)
-        if full[: len(head)] != head:
-            raise TemplatePrefixError(
-                "the chat template renders the stand-in history "
-                f"{self.renderer.decode(head)!r} differently once new messages follow: "
-                f"{self.renderer.decode(full[: len(head) + 8])!r}; it cannot extend a session token-exactly"
-            )
-        rest = full[len(head) :]
-        if ended_with_eos:
-            if not rest or rest[0] != self.eos:
-                raise TemplatePrefixError(
-                    f"the chat template does not end an assistant turn with the EOS token {self.eos}: "
-                    f"after it comes {self.renderer.decode(rest[:8])!r}"
-                )
-            rest = rest[1:]
-        return rest
+        assistant turn opens). ended_with_eos: that turn's sampled ids end with the end-of-turn token.
+        Raises TemplatePrefixError where the template cannot give them (see ChatRenderer.stand_in_glue)."""
+        return ChatRenderer(self.tokenizer, tools).stand_in_glue(new, ended_with_eos)
 
     # ------------------------------------------------------------------ recording
     def _record(self, plan: Plan, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,

@@ -1,12 +1,16 @@
 """Multi-turn tool episodes against scripted replies (no engine): token-exact trajectories under two chat
-templates, budgets and stop reasons, malformed calls, teardown. The real-engine episode is in
-tests/rollout/test_multi_turn_engine.py."""
+templates, both `history` settings (the same tokens where the template keeps history; one sample as sampled,
+template_mismatch as the template renders, where it rewrites), budgets and stop reasons, malformed calls,
+teardown. The real-engine episode is in tests/rollout/test_multi_turn_engine.py; the native env against the
+agent endpoint's sessions under Qwen3-style templates in tests/environments/agent/test_sessions.py."""
 
 import asyncio
+import copy
 import json
 from typing import ClassVar
 
 import pytest
+from qwen3_style import build as build_qwen3
 
 from temper.environments.multi_turn import MultiTurnEnvironment, StepResult
 from temper.environments.tool_env import ToolEnvironment
@@ -42,6 +46,13 @@ REWRITES_HISTORY = (
     "{% if m['role'] == 'assistant' and not loop.last %}[earlier turn]{% else %}{{ m['content'] }}{% endif %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Re-renders every assistant turn stripped of surrounding whitespace: a reply sampled with a trailing
+# newline reads differently once it is history.
+STRIPS_REPLIES = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' %}{{ m['content'].strip() }}{% else %}{{ m['content'] }}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 ROW = {"prompt": "What is 347 * 58?", "label": "20126"}
 
 
@@ -56,14 +67,15 @@ def demo_tokenizer(tmp_path_factory):
     return build_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
+def with_template(tokenizer, template):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = template
+    return tok
+
+
 @pytest.fixture(params=["demo", "qwen_style"])
 def tokenizer(request, demo_tokenizer):
-    import copy
-
-    tok = copy.deepcopy(demo_tokenizer)
-    if request.param == "qwen_style":
-        tok.chat_template = QWEN_STYLE
-    return tok
+    return with_template(demo_tokenizer, QWEN_STYLE) if request.param == "qwen_style" else demo_tokenizer
 
 
 class Scripted:
@@ -94,8 +106,9 @@ def episode(env, replies, version=0):
     return asyncio.run(env.run_episode(ROW, engine)), engine
 
 
-def test_episode_is_exact_to_the_token_under_both_templates(tokenizer):
-    env = make_env(tokenizer)
+@pytest.mark.parametrize("history", ["as_sampled", "template"])
+def test_episode_is_exact_to_the_token_under_both_templates(tokenizer, history):
+    env = make_env(tokenizer, history=history)
     ep, engine = episode(env, [call("347 * 58"), "\\boxed{20126}"])
     assert (ep.stop_reason, ep.turns, ep.tool_calls, ep.tool_errors) == ("stop", 2, 1, {})
     assert ep.response == "\\boxed{20126}"
@@ -129,14 +142,31 @@ def test_episode_is_exact_to_the_token_under_both_templates(tokenizer):
 
 
 def test_a_template_that_rewrites_history_is_reported_not_retokenized(demo_tokenizer):
-    import copy
-
-    tok = copy.deepcopy(demo_tokenizer)
-    tok.chat_template = REWRITES_HISTORY
-    ep, _ = episode(make_env(tok), [call("2 * 3"), "\\boxed{6}"])
+    tok = with_template(demo_tokenizer, REWRITES_HISTORY)
+    ep, _ = episode(make_env(tok, history="template"), [call("2 * 3"), "\\boxed{6}"])
     assert ep.stop_reason == "template_mismatch" and ep.turns == 1
     assert "[earlier turn]" in ep.info["template_mismatch"] and "at character" in ep.info["template_mismatch"]
     assert set(ep.loss_mask) == {1}  # what was sampled stays, exact and trainable
+    # It hides even the stand-in's plain assistant turn, so no glue can be read off it as sampled either.
+    ep, _ = episode(make_env(tok), [call("2 * 3"), "\\boxed{6}"])
+    assert (ep.stop_reason, ep.turns) == ("template_mismatch", 1)
+    assert "stand-in" in ep.info["template_mismatch"]
+
+
+def test_a_template_that_re_renders_a_reply_ends_as_template_and_runs_on_as_sampled(demo_tokenizer):
+    tok = with_template(demo_tokenizer, STRIPS_REPLIES)
+    replies = [call("2 * 3") + "\n", "\\boxed{6}"]  # the first reply's newline is gone once it is history
+    ep, _ = episode(make_env(tok, history="template"), replies)
+    assert (ep.stop_reason, ep.turns) == ("template_mismatch", 1)
+    assert "at character" in ep.info["template_mismatch"]
+    ep, engine = episode(make_env(tok), replies)
+    assert (ep.stop_reason, ep.turns, ep.response) == ("stop", 2, "\\boxed{6}")
+    glue = ep.completion_token_ids[ep.spans[1]["start"] : ep.spans[1]["end"]]
+    # After the sampled <|im_end|>: the template's newline, the tool's turn, the next assistant turn's start.
+    assert tok.decode(glue) == "\n<|im_start|>tool\n6<|im_end|>\n<|im_start|>assistant\n"
+    # The second turn was sampled after the first exactly as sampled, newline kept.
+    assert engine.prompts[1] == [*ep.prompt_token_ids, *ep.completion_token_ids[: ep.spans[1]["end"]]]
+    assert tok.decode(engine.prompts[1]).count(call("2 * 3") + "\n<|im_end|>") == 1
 
 
 def test_malformed_calls_go_back_to_the_model_and_are_counted(tokenizer):
@@ -255,13 +285,43 @@ def test_episode_wall_clock_limit(demo_tokenizer):
 
 
 def test_a_turn_cut_at_sampling_max_tokens_ends_the_episode_unless_asked_to_continue(demo_tokenizer):
-    class Cut(Scripted):  # every reply cut at 5 tokens, as sampling.max_tokens = 5 would
-        async def __call__(self, prompt_ids, n, max_tokens=None):
-            return await super().__call__(prompt_ids, n, 5)
-
     env = Leasing(Leasing.Params(max_turns=2), demo_tokenizer, "prompt", None)
     ep = asyncio.run(env.run_episode(ROW, Cut(demo_tokenizer, ["a long first reply", "a long second reply"])))
     assert (ep.stop_reason, ep.turns) == ("length", 1)
     env = Leasing(Leasing.Params(max_turns=2, truncated_turns="continue"), demo_tokenizer, "prompt", None)
     ep = asyncio.run(env.run_episode(ROW, Cut(demo_tokenizer, ["a long first reply", "a long second reply"])))
     assert (ep.stop_reason, ep.turns) == ("max_turns", 2) and ep.messages[1]["content"] == "a lon"
+
+
+class Cut(Scripted):
+    """Every reply cut at 5 tokens, as sampling.max_tokens = 5 would (no EOS at the end of a turn)."""
+
+    async def __call__(self, prompt_ids, n, max_tokens=None):
+        return await super().__call__(prompt_ids, n, 5)
+
+
+@pytest.fixture(scope="module")
+def qwen3_tokenizer(tmp_path_factory):
+    return build_qwen3(tmp_path_factory.mktemp("qwen3"))
+
+
+@pytest.mark.parametrize("name", ["demo", "qwen_style", "qwen3_style"])
+def test_both_histories_are_the_same_tokens_where_the_template_keeps_history(demo_tokenizer, qwen3_tokenizer,
+                                                                             name):
+    tok = {"demo": demo_tokenizer, "qwen_style": with_template(demo_tokenizer, QWEN_STYLE),
+           "qwen3_style": qwen3_tokenizer}[name]
+    bad = '<tool_call>{"name": "calculator"</tool_call>'
+    cases = [  # tool results after sampled EOS, user turns after sampled EOS, user turns after cut turns
+        (lambda h: make_env(tok, history=h), Scripted, [bad, call("347 * 58"), "\\boxed{20126}"]),
+        (lambda h: Leasing(Leasing.Params(max_turns=3, history=h), tok, "prompt", None), Scripted,
+         ["fine", "still fine", "done"]),
+        (lambda h: Leasing(Leasing.Params(max_turns=3, truncated_turns="continue", history=h), tok, "prompt",
+                           None), Cut, ["a long first reply", "a long second reply", "a long third reply"]),
+    ]
+    for make, engine, replies in cases:
+        as_sampled, template = (asyncio.run(make(h).run_episode(ROW, engine(tok, replies)))
+                                for h in ("as_sampled", "template"))
+        assert as_sampled.turns == 3 and as_sampled.spans[1]["role"] == "env"
+        for f in ("prompt_token_ids", "completion_token_ids", "logprobs", "loss_mask", "token_versions",
+                  "spans", "stop_reason", "turns", "messages"):
+            assert getattr(as_sampled, f) == getattr(template, f), (replies[0], f)

@@ -1,6 +1,7 @@
 """The session recorder against scripted replies (no engine, no HTTP): an append-only agent is one segment
-equal to the native tool env's episode, under templates that keep history and one that strips reasoning;
-`history = "template"` splits where the template rewrites; retries, auxiliary calls, rewrites, branches."""
+equal to the native tool env's episode (`history = "as_sampled"` both), under templates that keep history and
+one that strips reasoning; `history = "template"` splits where the template rewrites (the native env ends
+there); retries, auxiliary calls, rewrites, branches."""
 
 import asyncio
 import json
@@ -16,8 +17,9 @@ from agent_chat import (
 )
 
 from temper.environments.agent.sessions import Session
-from temper.environments.agent.untrusted import encode_untrusted_chat
 from temper.environments.calculator import calculator
+from temper.environments.chat_encoding import encode_untrusted_chat
+from temper.environments.multi_turn import StepResult
 from temper.environments.tool_env import ToolEnvironment
 from temper.environments.trajectory import TemplatePrefixError
 
@@ -25,6 +27,10 @@ ROW = {"prompt": "What is 347 * 58?", "label": "20126"}
 TOOLS = [calculator.schema()]
 REPLIES = ["<think>\nI should multiply.\n</think>\n\n" + call_text("347 * 58"),
            "<think>\nThe tool said so.\n</think>\n\n\\boxed{20126}"]
+FOLLOW_UP = "Are you sure?"
+AGAIN = "<think>\nYes.\n</think>\n\n\\boxed{20126}"
+TOKEN_FIELDS = ("prompt_token_ids", "completion_token_ids", "logprobs", "loss_mask", "token_versions",
+                "spans")
 
 
 @pytest.fixture(scope="module")
@@ -51,28 +57,64 @@ async def agent(session, sample, follow_up=None, tools=TOOLS):
             follow_up = None
 
 
-def native_episode(tokenizer, replies):
-    env = ToolEnvironment(ToolEnvironment.Params(), tokenizer, "prompt", None)
+class AsksAgain(ToolEnvironment):
+    """The native tool env with the agent's follow-up: one more user question after the first answer."""
+
+    async def step(self, state, messages, reply):
+        result = await super().step(state, messages, reply)
+        if result.done and result.stop_reason is None and [m["role"] for m in messages].count("user") == 1:
+            return StepResult([{"role": "user", "content": FOLLOW_UP}])
+        return result
+
+
+def native_episode(tokenizer, replies, follow_up=False, history="as_sampled"):
+    cls = AsksAgain if follow_up else ToolEnvironment
+    env = cls(cls.Params(history=history), tokenizer, "prompt", None)
     engine = Scripted(tokenizer, replies)
     return asyncio.run(env.run_episode(ROW, engine)), engine
 
 
+@pytest.mark.parametrize("follow_up", [False, True])
 @pytest.mark.parametrize("name", ["demo", "qwen3_keeps", "qwen3_strips"])
-def test_an_append_only_agent_is_one_segment_equal_to_the_native_tool_env(tokenizers, name):
+def test_an_append_only_agent_is_one_segment_equal_to_the_native_tool_env(tokenizers, name, follow_up):
+    """With the follow-up question, the stripping template drops the earlier turns' reasoning: still one
+    sample, in the session and in the native env, and the same one."""
     tok = tokenizers[name]
-    session, sample = Session(tok), Scripted(tok, REPLIES)
-    messages = asyncio.run(agent(session, sample))
-    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+    replies = [*REPLIES, AGAIN] if follow_up else REPLIES
+    session, sample = Session(tok), Scripted(tok, replies)
+    messages = asyncio.run(agent(session, sample, FOLLOW_UP if follow_up else None))
+    roles = ["user", "assistant", "tool", "assistant"] + (["user", "assistant"] if follow_up else [])
+    assert [m["role"] for m in messages] == roles
     assert messages[1]["tool_calls"][0]["function"] == {"name": "calculator",
                                                         "arguments": '{"expression": "347 * 58"}'}
     assert messages[2]["content"] == "20126"
     (ep,) = session.episodes()
-    native, engine = native_episode(tok, REPLIES)
-    assert native.stop_reason == "stop" and native.turns == 2
-    for f in ("prompt_token_ids", "completion_token_ids", "logprobs", "loss_mask", "token_versions", "spans"):
+    native, engine = native_episode(tok, replies, follow_up)
+    assert native.stop_reason == "stop" and native.turns == len(replies)
+    for f in TOKEN_FIELDS:
         assert getattr(ep, f) == getattr(native, f), f
     assert sample.prompts == engine.prompts  # the engine saw the same prompts, call by call
-    assert (ep.turns, ep.tool_calls, ep.stop_reason, ep.response) == (2, 1, "stop", REPLIES[1])
+    assert (ep.turns, ep.tool_calls, ep.stop_reason, ep.response) == (len(replies), 1, "stop", replies[-1])
+
+
+@pytest.mark.parametrize("name", ["demo", "qwen3_keeps", "qwen3_strips"])
+def test_the_native_env_as_the_template_renders_is_the_same_episode_or_ends_where_history_is_rewritten(
+        tokenizers, name):
+    tok = tokenizers[name]
+    replies = [*REPLIES, AGAIN]
+    as_sampled, _ = native_episode(tok, replies, follow_up=True)
+    template, _ = native_episode(tok, replies, follow_up=True, history="template")
+    if name != "qwen3_strips":
+        for f in (*TOKEN_FIELDS, "stop_reason", "turns", "messages"):
+            assert getattr(template, f) == getattr(as_sampled, f), f
+        return
+    # The follow-up question makes the template drop the first turn's reasoning: the episode ends before it,
+    # its two turns and the tool result between them exactly what the as-sampled episode holds.
+    assert (template.stop_reason, template.turns) == ("template_mismatch", 2)
+    assert "I should multiply" in template.info["template_mismatch"]
+    end = as_sampled.spans[2]["end"]
+    assert template.completion_token_ids == as_sampled.completion_token_ids[:end]
+    assert template.spans == as_sampled.spans[:3] and template.loss_mask == as_sampled.loss_mask[:end]
 
 
 @pytest.mark.parametrize("name", ["demo", "qwen3_keeps"])
