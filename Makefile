@@ -36,6 +36,7 @@ bench: setup
 	$(VENV)/bin/python bench/bench_async.py
 	$(VENV)/bin/python bench/bench_restart.py
 	$(VENV)/bin/python bench/bench_tools.py
+	$(VENV)/bin/python bench/bench_agent.py
 	$(VENV)/bin/python bench/bench_weight_sync.py
 
 lint: setup

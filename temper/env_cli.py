@@ -1,13 +1,16 @@
-"""`temper env try`: one episode of a run's environment against scripted assistant replies.
+"""`temper env try`: one episode of a run's environment against scripted assistant replies, or its model.
 
-No engine, no GPU, no Ray: the replies stand in for the model (each is encoded with the run's tokenizer and
-ends with its EOS, or is cut at the turn's token budget), so a person sees exactly what training would see:
-every turn's tokens and loss mask, the tool calls and their results, why the episode stopped, and the reward
-the run's verifiers (plus the environment's turn rewards) give it.
+With `--reply`, no engine, no GPU, no Ray: the replies stand in for the model (each is encoded with the run's
+tokenizer and ends with its EOS, or is cut at the turn's token budget), so a person sees exactly what training
+would see: every turn's tokens and loss mask, the tool calls and their results (an agent's: each call and its
+segment), why the episode stopped, and the reward the run's verifiers (plus the environment's turn rewards)
+give it.
 
     temper env try configs/tool_demo.toml --row '{"prompt": "What is 347 * 58?", "label": "20126"}' \\
         --reply '<tool_call>{"name": "calculator", "arguments": {"expression": "347 * 58"}}</tool_call>' \\
         --reply '\\boxed{20126}'
+
+Without `--reply`, the run's model (model.path, or the demo's) answers on a vLLM engine, as in training.
 """
 
 from __future__ import annotations
@@ -88,20 +91,36 @@ class Replies:
 
 
 def run(cfg: RunConfig, row: dict[str, Any], replies: list[str], tokenizer_path: str | None):
-    """The episode and its verdict, through the same row -> scored group steps as training (rollout/groups.py),
-    scored in this process."""
+    """The episode and its samples' verdicts, through the same row -> scored group steps as training
+    (rollout/groups.py), scored in this process. No replies: the run's model answers, on a vLLM engine."""
     from temper.rewards.rubric import Rubric
     from temper.rollout.groups import GroupRunner, make_environment
 
+    if not replies:
+        from temper.prepare import prepare
+
+        cfg = prepare(cfg, log=lambda *a: print(*a, file=sys.stderr)).cfg  # the demo's model, built if needed
     tok = tokenizer_for(cfg, tokenizer_path)
     with Rubric(cfg.rewards, processes=0) as rubric:
         env = make_environment(cfg, tok)
 
         async def episode():
+            engine = None
             try:
-                return await GroupRunner(cfg, env, rubric).scored(row, Replies(tok, replies), 1)
+                if replies:
+                    generate = Replies(tok, replies)
+                else:
+                    from temper.rollout.engine import Engine
+
+                    engine = Engine(cfg.model.path, cfg.rollout.engine, cfg.rollout.sampling, cfg.model.dtype,
+                                    cfg.seed)
+                    await engine.init()
+                    generate = engine.generate
+                return await GroupRunner(cfg, env, rubric).scored(row, generate, 1)
             finally:
                 await env.aclose()
+                if engine is not None:
+                    engine.shutdown()
 
         scored = asyncio.run(episode())
     return tok, scored
@@ -162,8 +181,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("action", choices=["try"])
     parser.add_argument("config", help="run config (TOML): its [environment], [rewards], [data] and tokenizer")
     parser.add_argument("--row", required=True, help="a JSON object, a .json file, or FILE.jsonl:LINE")
-    parser.add_argument("--reply", action="append", default=[], required=True,
-                        help="the assistant's reply for the next turn (repeat, in order)")
+    parser.add_argument("--reply", action="append", default=[],
+                        help="the assistant's reply for the next turn (repeat, in order); none: the run's model "
+                             "(the demo's, built if needed) answers on a vLLM engine")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: model.path, or the demo's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--format", choices=["text", "json"], default="text")

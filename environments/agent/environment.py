@@ -21,12 +21,14 @@ response and its conversation as `request.messages`. An agent in another process
 
 An agent that raises, runs past `episode_timeout_s`, makes no call, goes over `max_calls` or
 `max_completion_tokens`, sends a request the endpoint refuses, or returns something that is not a reward
-scores 0, with the reason as the samples' stop reason and error. The run goes on.
+scores 0, with the reason as the samples' stop reason and error. The run goes on. A failure of generation
+itself (the engine died) is not the episode's: it raises, and the worker issues the group again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
 import math
 import os
@@ -66,6 +68,9 @@ class AgentParams(Strict):
     def _shape(cls, v: str) -> str:
         if ":" not in v:
             raise ValueError(f"expected 'module:function', got {v!r}")
+        missing = [m for m in ("openai", "aiohttp") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ValueError(f"agent environments need {' and '.join(missing)}: pip install 'temper[agent]'")
         return v
 
 
@@ -75,6 +80,8 @@ class Budget:
     def __init__(self, max_calls: int, max_tokens: int | None, session: Session) -> None:
         self.max_calls, self.max_tokens, self.session = max_calls, max_tokens, session
         self.calls = self.tokens = 0
+        self.failure: Exception | None = None
+        """What generation raised other than a refusal (a dead engine): the episode raises it."""
 
     def bind(self, generate: Generate) -> Generate:
         async def call(prompt_ids: list[int], n: int, max_tokens: int | None = None,
@@ -89,7 +96,13 @@ class Budget:
                                        f"{self.max_tokens} tokens are spent")
                 cap = left if cap is None else min(cap, left)
             self.calls += 1
-            out = await generate(prompt_ids, n, cap, **kwargs)
+            try:
+                out = await generate(prompt_ids, n, cap, **kwargs)
+            except ValueError:
+                raise  # the engine refused this request (a prompt past the context): the client's 400
+            except Exception as e:
+                self.failure = self.failure or e  # the engine's failure, not the episode's: the group fails
+                raise
             self.tokens += sum(len(c.token_ids) for c in out)
             if left is not None and cap == left and any(c.finish_reason == "length" for c in out):
                 self.session.faults.append("max_completion_tokens: a reply was cut at the episode's budget")
@@ -168,7 +181,8 @@ class AgentEnvironment(Environment):
         p = self.params
         endpoint = await self.endpoint()
         session = Session(self.tokenizer, p.history)
-        handle = endpoint.open(Budget(p.max_calls, p.max_completion_tokens, session).bind(generate), session=session)
+        budget = Budget(p.max_calls, p.max_completion_tokens, session)
+        handle = endpoint.open(budget.bind(generate), session=session)
         client = openai.AsyncOpenAI(base_url=handle.base_url, api_key=self.secret, timeout=p.episode_timeout_s)
         returned, fault = None, None
         try:
@@ -181,6 +195,8 @@ class AgentEnvironment(Environment):
             endpoint.fail(handle.sid)  # calls still in flight (a cancelled agent's) stop now
             endpoint.end(handle.sid)
             await client.close()
+        if budget.failure is not None:  # e.g. the engine died: the worker runs the group again, as for native ones
+            raise budget.failure
         verdict = None
         if session.faults:  # what the endpoint refused comes first: the agent may have raised because of it
             fault = session.faults[0]

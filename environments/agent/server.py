@@ -231,6 +231,9 @@ class AgentEndpoint:
             raise
         except ValueError as e:
             raise RequestError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - generation failed (the engine died): not the request's fault
+            raise RequestError(f"generation failed: {type(e).__name__}: {e}", status=503,
+                               kind="service_unavailable") from None
         finally:
             entry.calls.discard(task)
 

@@ -148,3 +148,14 @@ def test_a_cancelled_episode_cancels_its_agent_and_its_calls(tok):
 
     asyncio.run(go())
     assert cancelled == ["call"]
+
+
+def test_a_dead_engine_fails_the_group_instead_of_scoring_it(tok):
+    """Generation that fails (not a refused request) is the worker's problem: the group raises, so the worker
+    issues it again (rollout/worker.py), rather than training on a zero the agent did not earn."""
+
+    async def dead(prompt_ids, n, max_tokens=None, **kwargs):
+        raise RuntimeError("EngineDeadError: the engine core died")
+
+    with pytest.raises(RuntimeError, match="the engine core died"):
+        scored(tok, "tool_loop", dead)
