@@ -22,7 +22,7 @@ import torch
 
 from temper.configs.data import load_rows
 from temper.configs.schema import DemoConfig
-from temper.demos.warm_start import Episode, warm_start
+from temper.demos.warm_start import Episode, save_model, warm_start
 from temper.environments.base import encode_chat
 
 CHAT_TEMPLATE = (
@@ -125,5 +125,5 @@ def build(cfg: DemoConfig, root: Path, log=print) -> dict[str, Any]:
     model = build_model(cfg, tokenizer)
     info = warm_start(cfg, model, lambda row: episode(tokenizer, row), tokenizer.pad_token_id,
                       load_rows(train_path), load_rows(val_path), log=log, lr=1e-3)
-    model.save_pretrained(root / "model", safe_serialization=True)
+    save_model(model, root / "model")
     return {**info, "parameters": sum(p.numel() for p in model.parameters())}

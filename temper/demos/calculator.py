@@ -19,7 +19,7 @@ from typing import Any
 from temper.configs.data import load_rows
 from temper.configs.schema import DemoConfig
 from temper.demos import addition
-from temper.demos.warm_start import Episode, warm_start
+from temper.demos.warm_start import Episode, save_model, warm_start
 from temper.environments.calculator import calculator, evaluate
 from temper.environments.trajectory import ChatRenderer
 
@@ -79,5 +79,5 @@ def build(cfg: DemoConfig, root: Path, log=print) -> dict[str, Any]:
     info = warm_start(cfg, model, lambda row: demonstration(renderer, row), tokenizer.pad_token_id,
                       load_rows(train_path), load_rows(val_path), log=log, near_loss=NEAR_LOSS,
                       what="val greedy accuracy with tools")
-    model.save_pretrained(root / "model", safe_serialization=True)
+    save_model(model, root / "model")
     return {**info, "parameters": sum(p.numel() for p in model.parameters())}

@@ -81,3 +81,15 @@ def warm_start(cfg: DemoConfig, model, encode: Encode, pad_id: int, train: list[
             if acc >= cfg.sft_target_accuracy:
                 break
     return {"sft_steps": step, "sft_val_accuracy": acc, "sft_seconds": round(time.time() - t0, 1)}
+
+
+def save_model(model, folder) -> None:
+    """The warm-started model as an HF folder, without transformers' "Writing model shards" bar on the
+    console (one shard of a 0.5M-parameter model: nothing to watch)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        hf_logging.enable_progress_bar()
