@@ -20,7 +20,7 @@ import asyncio
 import statistics
 from pathlib import Path
 
-from bench_tools import EngineClock, one_mode
+from bench_tools import EngineClock, alternate, one_mode
 
 from temper.configs.load import load_config
 from temper.environments.agent.environment import AgentEnvironment
@@ -57,16 +57,8 @@ async def run(args: argparse.Namespace) -> None:
           f"max_tokens {tool_cfg.rollout.sampling.max_tokens} per turn")
     for env in modes.values():  # warm-up: compile, prefix cache, the endpoint's server
         await one_mode(worker, clock, env, rows[:concurrency], concurrency)
-    results: dict[str, list[dict]] = {m: [] for m in modes}
     try:
-        for r in range(args.repeats):
-            for name in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
-                res = await one_mode(worker, clock, modes[name], rows, concurrency)
-                results[name].append(res)
-                print(f"{name:>6}: {res['tokens_per_s']:6.0f} sampled tok/s, {res['episodes_per_s']:5.1f} episodes/s, "
-                      f"{res['turns']:.2f} turns, {res['tool_calls']:.2f} calls/episode, accuracy {res['accuracy']:.1%}, "
-                      f"{res['requests_in_engine']:.0f} requests in engine, engine idle {res['engine_idle']:.1%}",
-                      flush=True)
+        results = await alternate(worker, clock, modes, rows, concurrency, args.repeats)
     finally:
         await modes["agent"].aclose()
         worker.shutdown()

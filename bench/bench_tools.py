@@ -109,6 +109,22 @@ async def one_mode(worker, clock: EngineClock, env, rows: list[dict], concurrenc
     }
 
 
+async def alternate(worker, clock: EngineClock, modes: dict[str, Any], rows: list[dict], concurrency: int,
+                    repeats: int) -> dict[str, list[dict[str, float]]]:
+    """Every mode over all rows, `repeats` times, in alternating order so machine drift hits all; prints each."""
+    width = max(len(name) for name in modes)
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for r in range(repeats):
+        for name in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
+            res = await one_mode(worker, clock, modes[name], rows, concurrency)
+            results[name].append(res)
+            print(f"{name:>{width}}: {res['tokens_per_s']:6.0f} sampled tok/s, {res['episodes_per_s']:5.1f} episodes/s, "
+                  f"{res['turns']:.2f} turns, {res['tool_calls']:.2f} calls/episode, accuracy {res['accuracy']:.1%}, "
+                  f"{res['requests_in_engine']:.0f} requests in engine, engine idle {res['engine_idle']:.1%}",
+                  flush=True)
+    return results
+
+
 async def run(args: argparse.Namespace) -> None:
     from temper.configs.data import load_rows
     from temper.prepare import prepare
@@ -135,16 +151,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"{len(rows)} groups x {cfg.rollout.group_size} samples, {concurrency} groups in flight, "
           f"max_tokens {cfg.rollout.sampling.max_tokens} per turn")
     await one_mode(worker, clock, single, rows[:concurrency], concurrency)  # warm-up: compile, prefix cache
-    results: dict[str, list[dict]] = {m: [] for m in modes}
     try:
-        for r in range(args.repeats):
-            for name in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
-                res = await one_mode(worker, clock, modes[name], rows, concurrency)
-                results[name].append(res)
-                print(f"{name:>12}: {res['tokens_per_s']:6.0f} sampled tok/s, {res['episodes_per_s']:5.1f} episodes/s, "
-                      f"{res['turns']:.2f} turns, {res['tool_calls']:.2f} calls/episode, accuracy {res['accuracy']:.1%}, "
-                      f"{res['requests_in_engine']:.0f} requests in engine, engine idle {res['engine_idle']:.1%}",
-                      flush=True)
+        results = await alternate(worker, clock, modes, rows, concurrency, args.repeats)
     finally:
         worker.shutdown()
 
