@@ -87,13 +87,12 @@ class Budget:
         async def call(prompt_ids: list[int], n: int, max_tokens: int | None = None,
                        **kwargs: Any) -> list[CompletionLike]:
             if self.calls >= self.max_calls:
-                raise self._refuse("max_calls", f"max_calls: the episode's {self.max_calls} calls are spent")
+                raise self._refuse(f"max_calls: the episode's {self.max_calls} calls are spent")
             cap, left = max_tokens, None
             if self.max_tokens is not None:
                 left = (self.max_tokens - self.tokens) // n
                 if left <= 0:
-                    raise self._refuse("max_completion_tokens", f"max_completion_tokens: the episode's "
-                                       f"{self.max_tokens} tokens are spent")
+                    raise self._refuse(f"max_completion_tokens: the episode's {self.max_tokens} tokens are spent")
                 cap = left if cap is None else min(cap, left)
             self.calls += 1
             try:
@@ -110,7 +109,7 @@ class Budget:
 
         return call
 
-    def _refuse(self, kind: str, message: str) -> ValueError:
+    def _refuse(self, message: str) -> ValueError:
         self.session.faults.append(message)
         return ValueError(message)
 
