@@ -1,7 +1,9 @@
 """Real MCP servers for the tests, written with the `mcp` package: `python mcp_servers.py MODE` over stdio.
 
 MODE "ok" serves the tools below; "exit" exits before answering anything (a server that fails to start);
-"slow_start" never finishes starting; "garbage" prints lines that are not JSON-RPC instead of serving.
+"slow_start" never finishes starting; "garbage" prints lines that are not JSON-RPC instead of serving;
+"http PORT" serves over streamable HTTP instead of stdio; "bad_result" is JSON-RPC written by hand whose one
+tool, `bad`, answers every call with a result that is not a tool result.
 Each process appends its pid to the file named by $MCP_PID_FILE (when set), so a test can check it is gone;
 it exits at once, as "exit" does, while the file named by $MCP_FAIL_IF exists.
 
@@ -11,6 +13,7 @@ answers), `im_end` (text holding special-token strings), `picture` (text and an 
 """
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -66,6 +69,27 @@ def picture() -> list:
     return ["a square", Image(data=b"\x89PNG", format="png")]
 
 
+def serve_bad_results() -> None:
+    def send(msg_id, **body):
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg_id, **body}) + "\n")
+        sys.stdout.flush()
+
+    for line in sys.stdin:
+        msg = json.loads(line)
+        method, msg_id = msg.get("method"), msg.get("id")
+        if msg_id is None:
+            continue  # a notification
+        if method == "initialize":
+            send(msg_id, result={"protocolVersion": msg["params"]["protocolVersion"], "capabilities": {"tools": {}},
+                                 "serverInfo": {"name": "bad", "version": "0"}})
+        elif method == "tools/list":
+            send(msg_id, result={"tools": [{"name": "bad", "inputSchema": {"type": "object"}}]})
+        elif method == "tools/call":
+            send(msg_id, result={"content": "not a list of content blocks"})
+        else:
+            send(msg_id, error={"code": -32601, "message": f"no method {method}"})
+
+
 if __name__ == "__main__":
     if os.environ.get("MCP_PID_FILE"):
         with open(os.environ["MCP_PID_FILE"], "a") as f:
@@ -80,4 +104,9 @@ if __name__ == "__main__":
             print("this is not JSON-RPC", flush=True)
             time.sleep(0.01)
         sys.exit(0)
+    if mode == "bad_result":
+        serve_bad_results()
+        sys.exit(0)
+    if mode == "http":  # streamable HTTP on 127.0.0.1:PORT/mcp
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
     server.run("stdio")

@@ -6,6 +6,8 @@ and started again after it dies, and every fault is a counted tool error while t
 import asyncio
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -167,25 +169,27 @@ def test_faults_are_counted_tool_errors_and_the_episode_goes_on(tok, tmp_path):
     pids = tmp_path / "pids"
     servers = [
         server(pids, "ok"),
+        server(pids, "bad_result"),
         server(pids, "exit", tools=["gone"]),
         server(pids, "slow_start", tools=["slow"], startup_timeout_s=1),
         server(pids, "garbage", tools=["junk"], startup_timeout_s=1),
         {"name": "missing", "command": [str(tmp_path / "no-such-server")], "tools": ["nothing"]},
     ]
-    env = make_env(tok, servers, tool_timeout_s=0.5)
+    env = make_env(tok, servers, tool_timeout_s=0.5, max_turns=5)
     engine = Scripted(tok, [call("hang"), call("gone") + call("slow") + call("junk") + call("nothing"),
-                            call("counter"), "done"])
+                            call("bad"), call("counter"), "done"])
     started = time.monotonic()
     ep = asyncio.run(env.run_episode(ROW, engine))
     assert time.monotonic() - started < 20
-    assert ep.tool_errors == {"timeout": 1, "mcp_unavailable": 4} and ep.stop_reason == "stop"
+    assert ep.tool_errors == {"timeout": 1, "mcp_unavailable": 4, "mcp_error": 1} and ep.stop_reason == "stop"
     msgs = tool_messages(ep)
     assert "timed out after 0.5s" in msgs[0]
     assert "did not start within 1s" in msgs[2] and "did not start within 1s" in msgs[3]
     assert "FileNotFoundError" in msgs[4]
-    assert msgs[5] == "1"  # the server that hung on a call still answers
+    assert "malformed result" in msgs[5]
+    assert msgs[6] == "1"  # the server that hung on a call still answers
     assert '"slow"' not in tok.decode(engine.prompts[0])  # never listed: no schema shown
-    assert len(pids_of(pids)) == 4 and wait_gone(pids_of(pids)) == []
+    assert len(pids_of(pids)) == 5 and wait_gone(pids_of(pids)) == []
     # on_error = "end" ends the episode at the fault instead.
     env = make_env(tok, servers[-1:], on_error="end")
     ep = asyncio.run(env.run_episode(ROW, Scripted(tok, [call("nothing")])))
@@ -226,3 +230,45 @@ def test_an_episode_scope_server_is_stopped_when_the_episode_is_cut_short(tok, t
     if how == "episode_timeout":
         assert ep.stop_reason == "episode_timeout"
     assert len(pids_of(pids)) == 1 and wait_gone(pids_of(pids)) == []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_over_http_by_url(tok, tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVERS), "http", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/mcp"
+        env = make_env(tok, [{"name": "http", "url": url, "scope": "worker"}])
+
+        async def two():
+            out = [await env.run_episode(ROW, Scripted(tok, [call("counter"), "done"])) for _ in range(2)]
+            await env.aclose()
+            return out
+
+        assert [tool_messages(ep) for ep in asyncio.run(two())] == [["1"], ["2"]]
+    finally:
+        proc.kill()
+        proc.wait()
+    # Nothing listening any more: unavailable, and the episode goes on.
+    env = make_env(tok, [{"name": "http", "url": url, "tools": ["counter"], "startup_timeout_s": 5}])
+    ep = asyncio.run(env.run_episode(ROW, Scripted(tok, [call("counter"), "done"])))
+    assert ep.tool_errors == {"mcp_unavailable": 1} and ep.stop_reason == "stop"
+
+
+def test_two_servers_listing_one_name_is_a_start_up_error_and_both_are_stopped(tok, tmp_path):
+    pids = tmp_path / "pids"
+    env = make_env(tok, [{**server(pids), "name": "a"}, {**server(pids), "name": "b", "tools": ["echo"]}])
+    with pytest.raises(ValueError, match=r"tool 'echo' is offered by mcp_servers\['b'\] and by mcp_servers\['a'\]"):
+        asyncio.run(env.run_episode(ROW, Scripted(tok, ["done"])))
+    assert len(pids_of(pids)) == 2 and wait_gone(pids_of(pids)) == []
