@@ -195,9 +195,11 @@ class McpConnection:
             self._ready.set()
 
     def _fail(self, why: str) -> None:
+        """Mark it unavailable for good; the owner then leaves the session, which reaps what is left."""
         if self.failure is None:
             self.failure = why
             log.warning("%s", why)
+        self._stop.set()
 
     async def call(self, name: str, arguments: dict[str, Any]) -> str:
         from mcp import MCPError
