@@ -7,7 +7,7 @@ tool, `bad`, answers every call with a result that is not a tool result.
 Each process appends its pid to the file named by $MCP_PID_FILE (when set), so a test can check it is gone;
 it exits at once, as "exit" does, while the file named by $MCP_FAIL_IF exists.
 
-Tools: `counter` (state kept for the life of the process: shows episode isolation and worker sharing),
+Tools: `calculator` (temper's), `counter` (state kept for the life of the process: shows episode isolation and worker sharing),
 `echo`, `fail` (the tool reports an error: isError), `crash` (the process dies mid-call), `hang` (never
 answers), `im_end` (text holding special-token strings), `picture` (text and an image).
 """
@@ -30,6 +30,14 @@ def counter() -> str:
     global count
     count += 1
     return str(count)
+
+
+@server.tool()
+def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression exactly (+ - * / // % **, parentheses), e.g. "347 * 58"."""
+    from temper.environments.calculator import evaluate
+
+    return evaluate(expression)  # its CalculatorError is the tool's error (isError)
 
 
 @server.tool()
