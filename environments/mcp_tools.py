@@ -4,7 +4,7 @@ An MCP server is a process (or an HTTP endpoint) with state, so where it lives d
 see. `scope = "episode"` starts a fresh server per episode in setup and stops it in teardown (also when the
 episode fails, times out or is cancelled): no episode sees another's state. `scope = "worker"` shares one
 server among the rollout worker's episodes, started on first use in the worker's event loop and started
-again for the next episode once it has died. Over HTTP (`url`) there is no process to start: a scope is a
+again for the next episode once a call has found it dead (or it failed to start). Over HTTP (`url`) there is no process to start: a scope is a
 fresh MCP session per episode or one per worker.
 
 Each of a server's tools becomes a `Tool` that `run_calls` runs like any other, so the per-call timeout,
