@@ -13,6 +13,8 @@ episode instead (stop reason `tool_<kind>`). A turn's calls run concurrently, re
 output is cut to `tool_output_tokens` tokens (counted in tokens, not characters, since tokens are what the
 context holds). Tool output is text: a `<|im_end|>` or `<tool_call>` it prints is encoded as ordinary tokens
 (chat_encoding.py), so it can neither end its own turn nor forge another.
+
+`mcp_servers` adds the tools of MCP servers, per episode or shared by the worker (mcp_tools.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pydantic import Field
 from temper.configs.plugins import import_target
 from temper.environments.calculator import calculator
 from temper.environments.chat_encoding import encode_text
+from temper.environments.mcp_tools import McpEpisode, McpServer, McpToolSource
 from temper.environments.multi_turn import EpisodeStart, MultiTurnEnvironment, MultiTurnParams, StepResult
 from temper.environments.python_tool import PythonRunner, python_tool
 from temper.environments.tools import Tool, build_parser, run_calls
@@ -49,6 +52,9 @@ class ToolParams(MultiTurnParams):
     """python tool: a fresh interpreter per call, or the episode's earlier cells carried over."""
     max_sandboxes: int = Field(2, ge=1)
     """python tool: sandboxes running at once in one rollout worker."""
+    mcp_servers: list[McpServer] = Field(default_factory=list)
+    """MCP servers whose tools are offered too, under the servers' own tool names (a name offered twice
+    is an error), e.g. [{ name = "files", command = ["python", "-m", "srv"], scope = "episode" }]."""
 
 
 BUILTIN_TOOLS = ("calculator", "python")
@@ -58,6 +64,8 @@ BUILTIN_TOOLS = ("calculator", "python")
 class ToolState:
     tools: dict[str, Tool]
     calls: int = 0
+    mcp: McpEpisode | None = None
+    """This episode's MCP connections, closed in teardown."""
 
 
 class ToolEnvironment(MultiTurnEnvironment):
@@ -77,6 +85,8 @@ class ToolEnvironment(MultiTurnEnvironment):
             if not isinstance(obj, Tool):
                 raise TypeError(f"tool {name!r} is not a temper.environments.tools.Tool (decorate it with @tool)")
             self._named[name] = obj
+        offered = [n for n in p.tools if n in BUILTIN_TOOLS] + [t.name for t in self._named.values()]
+        self._mcp = McpToolSource(p.mcp_servers, offered)
 
     def without_tools(self) -> ToolEnvironment:
         """The same environment offering no tools: every call is answered "unknown tool" (an ablation)."""
@@ -99,8 +109,21 @@ class ToolEnvironment(MultiTurnEnvironment):
         return out
 
     async def setup(self, row: dict[str, Any]) -> EpisodeStart:
-        tools = self.tools(row) if self.offer_tools else []
-        return EpisodeStart(self.messages(row), tools, ToolState({t.name: t for t in tools}))
+        if not self.offer_tools:
+            return EpisodeStart(self.messages(row), [], ToolState({}))
+        tools = self.tools(row)
+        if not self.params.mcp_servers:
+            return EpisodeStart(self.messages(row), tools, ToolState({t.name: t for t in tools}))
+        mcp = await self._mcp.open([t.name for t in tools])
+        state = ToolState({t.name: t for t in [*tools, *mcp.callable]}, mcp=mcp)
+        return EpisodeStart(self.messages(row), [*tools, *mcp.shown], state)
+
+    async def teardown(self, state: ToolState) -> None:
+        if state.mcp is not None:
+            await self._mcp.close(state.mcp)
+
+    async def aclose(self) -> None:
+        await self._mcp.aclose()
 
     async def step(self, state: ToolState, messages: list[dict[str, Any]], reply: str) -> StepResult:
         p = self.params

@@ -25,7 +25,12 @@ from temper.configs.plugins import import_target
 
 
 class ToolError(Exception):
-    """Raise from a tool to answer the model with this message, counted as a tool error (not a crash)."""
+    """Raise from a tool to answer the model with this message, counted as a tool error (not a crash) of
+    `kind` ("tool_error" unless a tool source has a more telling one, e.g. "mcp_unavailable")."""
+
+    def __init__(self, message: str, kind: str = "tool_error") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,8 @@ class ToolResult:
     """What goes back to the model as the tool's message."""
     error: str | None = None
     """Kind of failure: invalid_json, missing_name, bad_arguments, unknown_tool, invalid_arguments, timeout,
-    tool_error, too_many_calls, no_tools; None on success."""
+    tool_error, too_many_calls, no_tools (or a ToolError's own kind, e.g. mcp_unavailable, mcp_error); None on
+    success."""
     seconds: float = 0.0
 
 
@@ -201,7 +207,7 @@ async def run_calls(calls: list[ToolCall], tools: dict[str, Tool], default_timeo
             problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'arguments'}: {x['msg']}" for x in e.errors())
             return ToolResult(call.name, f"error: invalid arguments: {problems}", "invalid_arguments")
         except ToolError as e:
-            return ToolResult(call.name, f"error: {e}", "tool_error", loop.time() - start)
+            return ToolResult(call.name, f"error: {e}", e.kind, loop.time() - start)
         except TimeoutError:
             return ToolResult(call.name, f"error: {call.name} timed out after {timeout:g}s", "timeout",
                               loop.time() - start)
