@@ -32,8 +32,9 @@ without blocking the event loop, so generation goes on while judges think), neve
 processes, which hold one call at a time and would let a slow judge stall math scoring behind it. So
 `rewards.timeout_s` never applies to (nor kills) a judge term; `timeout_s` here bounds the whole verdict
 instead: the wait for a concurrency slot, every attempt and the backoff between them share one deadline,
-and the answer is read as a stream, checked against the deadline between chunks (each read waits at most
-the time left). Each verifier instance (one per term per Rubric, i.e. per rollout worker process) holds a
+and the answer is read as a stream, checked against the deadline between chunks (httpx's timeouts are per
+connect and per read, each set to the time left when the attempt starts: a server that trickles its answer
+can overrun the deadline by one read at most). Each verifier instance (one per term per Rubric, i.e. per rollout worker process) holds a
 sync `httpx.Client` and a semaphore of `max_concurrency` slots; its `concurrency` makes the rubric size its
 inline thread pool so that that many judge calls can actually be waiting at once.
 """
