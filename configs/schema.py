@@ -190,7 +190,8 @@ class RewardsConfig(Strict):
     turn_reward_weight: float = 1.0
     """Weight of the environment's per-turn rewards (multi-turn environments may give them) in the total."""
     timeout_s: float = Field(10.0, gt=0)
-    """Hard per-sample timeout; the scoring process is killed past it and the sample scores 0."""
+    """Hard per-sample timeout; the scoring process is killed past it and the sample scores 0. Inline verifiers
+    (code, judge) run outside those processes and bound their own time (max_row_s, timeout_s)."""
     num_workers: int = Field(0, ge=0)
     """Scoring processes per rollout worker (0 = number of cores)."""
 

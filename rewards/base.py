@@ -68,6 +68,9 @@ class Verifier(ABC):
     # "process": CPU-bound Python, run in the rubric's killable scoring processes.
     # "inline": the verifier isolates and times out its own work (e.g. a sandboxed subprocess).
     isolation: ClassVar[str] = "process"
+    # Inline verifiers that mostly wait (an HTTP judge): how many of their calls may usefully wait at once.
+    # The rubric gives its inline thread pool at least the sum over its terms.
+    concurrency: int = 0
 
     def __init__(self, params: BaseModel | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -84,5 +87,14 @@ class Verifier(ABC):
         it runs outside the per-sample timeout: it must take time linear in the request, import nothing
         heavy and never run untrusted code. `verify` must agree with it wherever it answers (the math
         verifier calls it first). `params` is a validated instance of `Params`.
+        """
+        return None
+
+    @classmethod
+    def preflight(cls, params: BaseModel) -> str | None:
+        """Why this verifier cannot work at all right now (e.g. the service it calls is unreachable), or None.
+
+        `temper rewards` asks before scoring, so that a wrong URL is one clear error rather than a zero on
+        every row. It may take a few seconds; `params` is a validated instance of `Params`.
         """
         return None

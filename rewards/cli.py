@@ -89,9 +89,21 @@ def rewards_config(args: argparse.Namespace, n_rows: int) -> RewardsConfig:
     return cfg
 
 
+def preflight(cfg: RewardsConfig) -> None:
+    """UsageError when a term's verifier cannot work at all (a judge URL nobody answers): one clear message
+    instead of a zero with the same reason on every row."""
+    from temper.rewards.registry import params_model, resolve_verifier
+
+    for i, term in enumerate(cfg.terms):
+        cls = resolve_verifier(term.verifier)
+        if isinstance(cls, type) and (problem := cls.preflight(params_model(cls).model_validate(term.params))):
+            raise UsageError(f"rewards.terms[{i}] ({term.verifier}): {problem}")
+
+
 def score_all(cfg: RewardsConfig, requests: list[VerifyRequest]) -> list[VerifyResult]:
     from temper.rewards.rubric import Rubric
 
+    preflight(cfg)
     with Rubric(cfg, start_workers=False) as rubric:  # rows a quick check decides need no process
         return rubric.score(requests)
 
@@ -289,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, verifier_required: bool = False) -> None:
         p.add_argument("--verifier", required=verifier_required, help="registered name or module:attr")
         p.add_argument("--params", help="verifier parameters as a JSON object")
-        p.add_argument("--timeout", type=float, help="per-sample timeout in seconds (default 10)")
+        p.add_argument("--timeout", type=float, help="per-sample timeout in seconds (default 10); "
+                       "code and judge terms bound their own time (see their params)")
         p.add_argument("--workers", type=int, default=0, help="scoring processes (default: all cores)")
         p.add_argument("--format", choices=["table", "json"], default="table")
 

@@ -22,6 +22,7 @@ BUILTIN_VERIFIERS: dict[str, str] = {
     "math": "temper.rewards.math_verifier:MathVerifier",
     "format": "temper.rewards.format:FormatVerifier",
     "code": "temper.rewards.code:CodeVerifier",
+    "judge": "temper.rewards.judge:JudgeVerifier",
 }
 ENTRY_POINT_GROUP = "temper.verifiers"
 

@@ -5,7 +5,7 @@ engine that scores samples with it.
 the hard `timeout_s`; `Rubric(cfg, processes=0)` scores in this process, with no timeout (`temper env
 try`, tests). Both answer `score` (blocking) and `ascore` (awaited without blocking the event loop).
 Verifiers with `isolation == "inline"` (they sandbox and time out their own work) always run in this
-process's threads.
+process's threads, at least as many as those verifiers' `concurrency` (an HTTP judge's calls mostly wait).
 
 Before a sample goes to a process, the verifier's `quick` check (base.py) runs in the calling thread: a
 verdict it reaches from the text alone, in linear time, needs no killable process and no heavy import.
@@ -163,7 +163,8 @@ class Rubric:
         for w in self._workers:
             self._idle.put(w)
         self._proc_exec = ThreadPoolExecutor(max(1, n), thread_name_prefix="reward-proc")
-        self._inline_exec = ThreadPoolExecutor(max(4, n), thread_name_prefix="reward-inline")
+        waiting = sum(v.concurrency for v in self._inline_verifiers.values())  # e.g. judges' max_concurrency
+        self._inline_exec = ThreadPoolExecutor(max(4, n, waiting), thread_name_prefix="reward-inline")
         self._lock = threading.Lock()
         self._stats = {"calls": 0, "errors": 0, "timeouts": 0, "crashes": 0, "seconds": 0.0}
         self._closed = False
