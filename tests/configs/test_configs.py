@@ -23,6 +23,18 @@ def test_every_recipe_parses(path):
     assert isinstance(cfg, RunConfig)
 
 
+def test_readme_toml_blocks_are_toml():
+    """A reader copies these: each ```toml block of the README must parse as TOML 1.0 (Python's tomllib)."""
+    import re
+    import tomllib
+
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:
+        tomllib.loads(block)
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_has_valid_reward_params(path):
     from temper.rewards.rubric import validate_rewards_config
