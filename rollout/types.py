@@ -109,11 +109,13 @@ def episode_metrics(samples: list[Sample]) -> dict[str, float]:
     """Per batch: turns per episode, tool calls per episode, the share of calls that failed and the count of
     each failure kind, and the share of episodes ending for each stop reason."""
     n = len(samples)
+    # An agent's episode can be several samples (its segments), each counting its own turns and calls.
+    episodes = len({(s.group_id, s.episode if s.episode is not None else ("sample", s.id)) for s in samples})
     calls = sum(s.tool_calls for s in samples)
-    out: dict[str, float] = {"rollout/turns_mean": sum(s.turns for s in samples) / n,
-                             "rollout/tool_calls_mean": calls / n}
-    if any("segments" in s.info for s in samples):  # an agent's episodes can be several samples
-        out["rollout/segments_per_episode"] = n / len({(s.group_id, s.episode) for s in samples})
+    out: dict[str, float] = {"rollout/turns_mean": sum(s.turns for s in samples) / episodes,
+                             "rollout/tool_calls_mean": calls / episodes}
+    if any("segments" in s.info for s in samples):
+        out["rollout/segments_per_episode"] = n / episodes
     errors = Counter(kind for s in samples for kind, k in s.tool_errors.items() for _ in range(k))
     if calls:
         out["rollout/tool_error_rate"] = sum(errors.values()) / calls

@@ -109,22 +109,25 @@ class RolloutWorker:
         rows = self._shard()
         limit = asyncio.Semaphore(self.cfg.rollout.max_concurrent_groups)
         tasks: set[asyncio.Task] = set()
-        while True:
-            await limit.acquire()
-            if self.failed_groups >= 8 and self.failed_groups > self.finished_groups:
-                # Failing more often than not is a bad dataset or environment, not bad luck: stop loudly.
-                raise RuntimeError(f"rollout worker {self.index}: {self.failed_groups} groups failed, "
-                                   f"{self.finished_groups} succeeded; last error:\n{self.last_error}")
-            ticket = await self._next_ticket(incarnation)
-            if ticket is None:
-                limit.release()
-                break
-            task = asyncio.create_task(self._one_group(ticket.group_id, rows[ticket.row], limit))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            while True:
+                await limit.acquire()
+                if self.failed_groups >= 8 and self.failed_groups > self.finished_groups:
+                    # Failing more often than not is a bad dataset or environment, not bad luck: stop loudly.
+                    raise RuntimeError(f"rollout worker {self.index}: {self.failed_groups} groups failed, "
+                                       f"{self.finished_groups} succeeded; last error:\n{self.last_error}")
+                ticket = await self._next_ticket(incarnation)
+                if ticket is None:
+                    limit.release()
+                    break
+                task = asyncio.create_task(self._one_group(ticket.group_id, rows[ticket.row], limit))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.runner.env.aclose()  # what the environment holds per worker: an MCP server, an endpoint
         if self.engine_error is not None:
             raise EngineDied(f"rollout worker {self.index}: the vLLM engine died: {self.engine_error}")
 
@@ -207,8 +210,9 @@ class RolloutWorker:
         groups = await asyncio.gather(
             *(self.rollout_group(f"eval-{i}", r, greedy=True, env=env) for i, r in enumerate(rows))
         )
-        return [{"correct": s.correct, "tool_calls": s.tool_calls, "tool_errors": sum(s.tool_errors.values())}
-                for s in (g.samples[0] for g in groups)]
+        # One episode per row; an agent's episode may be several segments, each counting its own calls.
+        return [{"correct": g.samples[-1].correct, "tool_calls": sum(s.tool_calls for s in g.samples),
+                 "tool_errors": sum(sum(s.tool_errors.values()) for s in g.samples)} for g in groups]
 
     def drain_spans(self) -> list[Span]:
         """The engine's busy / eval / paused spans since the last call (rollout/activity.py)."""

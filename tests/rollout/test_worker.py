@@ -54,9 +54,18 @@ def make_worker(demo_assets, buffer, env_cls=SingleTurnEnvironment):
     return worker, rows
 
 
+class ClosingEnvironment(SingleTurnEnvironment):
+    """Counts aclose(): the worker closes what its environment holds (an MCP server) when its loop ends."""
+
+    closed = 0
+
+    async def aclose(self):
+        ClosingEnvironment.closed += 1
+
+
 def test_loop_fills_the_buffer_with_scored_groups(demo_assets):
     async def main():
-        worker, rows = make_worker(demo_assets, None)
+        worker, rows = make_worker(demo_assets, None, ClosingEnvironment)
         worker.buffer = buffer = ReplayBuffer(BufferConfig(max_staleness=0), batch_groups=3, dispatch=one_shard(rows))
         run = asyncio.create_task(worker.run())
         batch = await buffer.get_batch(3, learner_version=3, timeout=60)
@@ -68,6 +77,7 @@ def test_loop_fills_the_buffer_with_scored_groups(demo_assets):
 
     batch, stats = asyncio.run(main())
     assert len(batch) == 3 and stats["finished_groups"] >= 3
+    assert ClosingEnvironment.closed == 1
     for group in batch:
         assert [s.reward for s in group.samples] == [1.0, 0.0, 1.0, 0.0]
         assert [s.correct for s in group.samples] == [True, False, True, False]

@@ -82,7 +82,9 @@ def test_segments_of_one_episode_share_its_reward_and_advantage_slot(tok):
     group = Group("g", tuple(samples))
     assert group.episodes == [0, 0, 1, 1] and group.rewards == [1.0, 1.0]
     from temper.rollout.types import episode_metrics
-    assert episode_metrics(samples)["rollout/segments_per_episode"] == 2.0
+    metrics = episode_metrics(samples)
+    assert metrics["rollout/segments_per_episode"] == 2.0
+    assert metrics["rollout/turns_mean"] == sum(e.turns for e, _ in pairs) / 2  # per episode, not per segment
 
 
 def test_auxiliary_calls_are_answered_and_not_trained_on(tok):
