@@ -18,7 +18,12 @@ import os
 import sys
 import time
 
-from mcp.server.mcpserver import Image, MCPServer
+if __name__ == "__main__" and os.environ.get("MCP_PID_FILE"):
+    # Before importing mcp (seconds on a loaded machine): a server killed at its start-up timeout is counted too.
+    with open(os.environ["MCP_PID_FILE"], "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+from mcp.server.mcpserver import Image, MCPServer  # after the pid, on purpose
 
 server = MCPServer("temper-test", log_level="CRITICAL")  # its errors are what the tests provoke
 count = 0
@@ -99,9 +104,6 @@ def serve_bad_results() -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("MCP_PID_FILE"):
-        with open(os.environ["MCP_PID_FILE"], "a") as f:
-            f.write(f"{os.getpid()}\n")
     mode = sys.argv[1] if len(sys.argv) > 1 else "ok"
     if mode == "exit" or os.path.exists(os.environ.get("MCP_FAIL_IF", "/nonexistent")):
         sys.exit(2)
